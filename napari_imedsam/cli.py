@@ -1,0 +1,142 @@
+"""`imedsam` command line: info and predict (train/evaluate live in src_train)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+
+from .inference.predictor import Predictor
+from .inference.preprocess import CT_PRESETS, MR_PERCENTILES, InputError, IntensityWindow
+from .io.images import read_image, select_slice, write_array
+from .model.registry import REGISTRY, load_model
+from .model.weights import CheckpointError
+
+DEFAULT_MODEL = "sam_vit_b"
+
+
+def _numbers(text: str, count: int, what: str, cast=float) -> tuple:
+    try:
+        values = tuple(cast(v) for v in text.replace(" ", "").split(","))
+    except ValueError:
+        raise InputError(f"{what} must be {count} comma-separated numbers, got {text!r}") from None
+    if len(values) != count:
+        raise InputError(f"{what} must be {count} comma-separated numbers, got {text!r}")
+    return values
+
+
+def parse_window(text: str | None) -> IntensityWindow | None:
+    """auto | mr | minmax | a CT preset name | level,width."""
+    if text in (None, "auto"):
+        return None
+    if text == "mr":
+        return MR_PERCENTILES
+    if text == "minmax":
+        return IntensityWindow("minmax")
+    if text in CT_PRESETS:
+        return CT_PRESETS[text]
+    level, width = _numbers(text, 2, "--window (level,width)")
+    return IntensityWindow("window", level=level, width=width)
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"registry name ({', '.join(REGISTRY)}), a checkpoint file, or a bare config "
+                             f"(tiny, vit_b: untrained). Default: {DEFAULT_MODEL}")
+    parser.add_argument("--input-size", type=int, default=None,
+                        help="encoder input size in pixels (default: the config's; 512 for ViT-B)")
+    parser.add_argument("--adapters", default=None, help="adapter file (.safetensors) to load on top")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+
+
+def _load(args: argparse.Namespace):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load_model(args.model, input_size=args.input_size, device=args.device, adapters=args.adapters)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    net = loaded.network
+    config = net.config
+    enc, dec = config.encoder, config.decoder
+    print(f"model        {loaded.model_id} (config {config.name}, weights sha256 {loaded.weights_sha256[:16]})")
+    print(f"encoder      ViT {enc.embed_dim}-d x {enc.depth} blocks, {enc.num_heads} heads, patch {enc.patch_size}, "
+          f"input {enc.img_size} px -> {enc.grid_size}x{enc.grid_size} tokens x {enc.out_chans}")
+    print(f"adapters     LoRA rank {enc.lora_rank} on q,v; "
+          f"frequency adapter ({enc.fa_spectrum}, hidden {enc.fa_hidden})")
+    print(f"decoder      coarse INR {list(dec.coarse_hidden)} (dropout {dec.dropout}, T={dec.mc_passes}), "
+          f"fine INR {list(dec.fine_hidden)}, UGS top {dec.refine_fraction:.1%}")
+    print("trainable parameters by component:")
+    total = 0
+    for group, params in net.parameter_groups().items():
+        count = sum(p.numel() for _, p in params)
+        total += count
+        print(f"  {group:<18} {count:>12,}")
+    every = sum(p.numel() for p in net.parameters())
+    print(f"  {'total trainable':<18} {total:>12,}  ({total / 1e6:.2f} M)")
+    print(f"  {'frozen':<18} {every - total:>12,}  ({(every - total) / 1e6:.2f} M)")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    box = np.array(_numbers(args.box, 4, "--box (x0,y0,x1,y1)"))
+    size = _numbers(args.size, 2, "--size (H,W)", int) if args.size else None
+    if size is not None and min(size) < 1:
+        raise InputError(f"--size must be positive, got {args.size}")
+    window = parse_window(args.window)
+    image = read_image(args.image)
+    slice_2d = select_slice(image, args.slice)
+    loaded = _load(args)
+    result = Predictor(loaded).predict(slice_2d, box, window=window, output_size=size, slice_index=args.slice)
+    volume_slice = args.slice if image.is_volume and size is None else None
+    source = image if size is None else None
+    write_array(args.out, result.refined_mask, source, volume_slice)
+    if args.uncertainty:
+        write_array(args.uncertainty, result.uncertainty.astype(np.float32), source, volume_slice)
+    if args.coarse:
+        write_array(args.coarse, result.coarse_prob.astype(np.float32), source, volume_slice)
+    area = int(result.refined_mask.sum())
+    print(f"wrote {args.out}: {area} mask pixels, mean uncertainty in box {result.mean_uncertainty_in_box:.4f}, "
+          f"refined {result.n_refined} points")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imedsam", description="I-MedSAM box-prompted medical image segmentation")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    info = sub.add_parser("info", help="architecture and trainable parameters per component")
+    _add_model_args(info)
+    info.set_defaults(func=cmd_info)
+
+    predict = sub.add_parser("predict", help="segment the object in a box; write mask (+ uncertainty)")
+    _add_model_args(predict)
+    predict.add_argument("--image", required=True, help="PNG/JPEG/TIFF/NIfTI/.npy image or volume")
+    predict.add_argument("--slice", type=int, default=None, help="slice index along z for volumes")
+    predict.add_argument("--box", required=True, help="x0,y0,x1,y1 in image pixels (x = column, y = row)")
+    predict.add_argument("--out", required=True, help="mask file (.png, .tif, .nii.gz, .npy)")
+    predict.add_argument("--uncertainty", default=None, help="also write the uncertainty map here")
+    predict.add_argument("--coarse", default=None, help="also write the coarse probability here")
+    predict.add_argument("--size", default=None, help="output size H,W (default: the image's own)")
+    predict.add_argument("--window", default="auto",
+                         help="intensity: auto | mr | minmax | " + " | ".join(f"'{k}'" for k in CT_PRESETS)
+                              + " | level,width")
+    predict.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (InputError, CheckpointError, RuntimeError, MemoryError) as exc:
+        print(f"imedsam: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

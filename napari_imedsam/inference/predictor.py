@@ -1,0 +1,307 @@
+"""Predictor: numpy in, numpy out. Embedding cache, box prompt, coarse-to-fine decode of the box region."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from ..model.imedsam import BoxPrompt, IMedSAM
+from ..model.inr import CoarseOutput, refine_count
+from ..model.registry import LoadedModel
+from .preprocess import (
+    Geometry,
+    InputError,
+    IntensityWindow,
+    as_2d_image,
+    grid_points,
+    normalize_intensity,
+    region_around_box,
+    scale_box,
+    to_model_input,
+    validate_box,
+)
+
+POINT_CHUNK = 32768  # points per INR batch: bounds memory (hidden0 x chunk floats)
+CONFIDENT_LOGIT = 4.0  # |logit| above this (p < 0.018 or > 0.982) is taken as decided on the coarse grid
+
+
+@dataclass
+class Embedding:
+    """An encoded slice and how it maps to the encoder input."""
+
+    tensor: torch.Tensor  # (1, C, g, g)
+    geometry: Geometry
+    key: tuple
+
+
+@dataclass
+class Prediction:
+    """One box's result at the output size (H_out, W_out); zeros outside the decoded region."""
+
+    coarse_prob: np.ndarray
+    uncertainty: np.ndarray
+    refined_prob: np.ndarray
+    box_xyxy: np.ndarray  # in output pixels
+    roi: tuple[int, int, int, int]  # (row0, row1, col0, col1) decoded region, output pixels
+    n_coarse_exact: int  # points where Dec_c ran at full resolution
+    n_refined: int  # points Dec_f refined
+
+    @property
+    def refined_mask(self) -> np.ndarray:
+        return self.refined_prob > 0.5
+
+    @property
+    def mean_uncertainty_in_box(self) -> float:
+        x0, y0, x1, y1 = self.box_xyxy
+        r0, r1 = max(0, int(math.floor(y0))), int(math.ceil(y1)) + 1
+        c0, c1 = max(0, int(math.floor(x0))), int(math.ceil(x1)) + 1
+        region = self.uncertainty[r0:r1, c0:c1]
+        return float(region.mean()) if region.size else 0.0
+
+
+class EmbeddingCache:
+    """Thread-safe LRU of embeddings keyed by (content, slice, model, adapters, window, size)."""
+
+    def __init__(self, max_items: int = 16) -> None:
+        self.max_items = max_items
+        self._items: OrderedDict[tuple, Embedding] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: tuple) -> Embedding | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return item
+
+    def put(self, embedding: Embedding) -> None:
+        with self._lock:
+            self._items[embedding.key] = embedding
+            self._items.move_to_end(embedding.key)
+            while len(self._items) > self.max_items:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def content_digest(image: np.ndarray) -> str:
+    """A fast fingerprint of a slice's pixels, shape and dtype."""
+    data = np.ascontiguousarray(image)
+    digest = hashlib.blake2b(data.view(np.uint8).reshape(-1), digest_size=16)
+    digest.update(repr((data.shape, data.dtype.str)).encode())
+    return digest.hexdigest()
+
+
+class Predictor:
+    """Box -> coarse probability, uncertainty and refined mask, for 2D slices.
+
+    One instance serves the widget, the CLI and the tests. `predict` encodes the slice (or
+    reuses the cached embedding) and decodes the box region coarse-to-fine; `dense=True`
+    decodes every output pixel instead (the slow reference the fast path must match).
+    """
+
+    def __init__(self, model: LoadedModel, cache_size: int = 16, margin: float = 0.1,
+                 coarse_cells: int = 48, seed: int = 0) -> None:
+        self.model = model
+        self.cache = EmbeddingCache(cache_size)
+        self.margin = margin
+        self.coarse_cells = coarse_cells
+        self.seed = seed
+
+    @property
+    def network(self) -> IMedSAM:
+        return self.model.network
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    # ---- embedding ------------------------------------------------------------------------
+    def embedding_key(self, image: np.ndarray, window: IntensityWindow | None, slice_index: int | None) -> tuple:
+        window = window or IntensityWindow()
+        return (content_digest(image), slice_index, self.model.model_id, self.model.weights_sha256,
+                self.model.adapter_version, window.cache_token(), self.network.config.encoder.img_size)
+
+    def embed(self, image: np.ndarray, window: IntensityWindow | None = None,
+              slice_index: int | None = None) -> Embedding:
+        """Encode a slice, or return its cached embedding."""
+        image = as_2d_image(image)
+        key = self.embedding_key(image, window, slice_index)
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
+        geometry = Geometry(image.shape[0], image.shape[1], self.network.config.encoder.img_size)
+        pixels = to_model_input(normalize_intensity(image, window), geometry).to(self.device)
+        with torch.inference_mode():
+            tensor = self.network.encode(pixels)
+        embedding = Embedding(tensor, geometry, key)
+        self.cache.put(embedding)
+        return embedding
+
+    # ---- prediction -------------------------------------------------------------------------
+    def predict(self, image: np.ndarray, box_xyxy, *, window: IntensityWindow | None = None,
+                output_size: tuple[int, int] | None = None, slice_index: int | None = None,
+                dense: bool = False) -> Prediction:
+        """Segment the object in `box_xyxy` (x0, y0, x1, y1 in image pixels) of a 2D slice."""
+        image = as_2d_image(image)
+        box = validate_box(box_xyxy, image.shape[:2])
+        embedding = self.embed(image, window, slice_index)
+        return self.predict_embedding(embedding, box, output_size=output_size, dense=dense)
+
+    def prompt(self, embedding: Embedding, box_xyxy: np.ndarray) -> BoxPrompt:
+        geometry = embedding.geometry
+        box_input = torch.as_tensor(geometry.box_to_input(box_xyxy), dtype=torch.float32, device=self.device)
+        extent = torch.tensor(geometry.extent, dtype=torch.float32, device=self.device)
+        return self.network.prompt(embedding.tensor, box_input.view(1, 4), extent)
+
+    def predict_embedding(self, embedding: Embedding, box_xyxy, *, output_size: tuple[int, int] | None = None,
+                          dense: bool = False) -> Prediction:
+        geometry = embedding.geometry
+        box = validate_box(box_xyxy, (geometry.height, geometry.width))
+        out_h, out_w = output_size or (geometry.height, geometry.width)
+        if out_h < 1 or out_w < 1:
+            raise InputError(f"output size must be positive, got {(out_h, out_w)}")
+        box_out = scale_box(box, (geometry.height, geometry.width), (out_h, out_w))
+        roi = region_around_box(box_out, (out_h, out_w), self.margin)
+        budget = refine_count((roi[1] - roi[0]) * (roi[3] - roi[2]), self.network.config.decoder.refine_fraction)
+        with torch.inference_mode():
+            prompt = self.prompt(embedding, box)
+            if dense:
+                maps = self._decode_dense(prompt, (out_h, out_w), budget)
+            else:
+                maps = self._decode_roi(prompt, roi, (out_h, out_w), budget)
+        return Prediction(box_xyxy=box_out, roi=roi, **maps)
+
+    def sam_probability(self, embedding: Embedding, box_xyxy, output_size: tuple[int, int] | None = None) -> np.ndarray:
+        """segment-anything's own mask decoder output for the box (the comparison baseline)."""
+        geometry = embedding.geometry
+        out_hw = output_size or (geometry.height, geometry.width)
+        with torch.inference_mode():
+            logits = self.prompt(embedding, validate_box(box_xyxy, (geometry.height, geometry.width))).sam_mask_logits
+            size = geometry.input_size
+            logits = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
+            h, w = geometry.resized
+            logits = F.interpolate(logits[..., :h, :w], size=out_hw, mode="bilinear", align_corners=False)
+        return torch.sigmoid(logits)[0, 0].cpu().numpy()
+
+    # ---- decoding -------------------------------------------------------------------------------
+    def _coarse_at(self, prompt: BoxPrompt, points: torch.Tensor, keep_features: bool
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Dec_c + MC uncertainty at (N, 2) points, chunked. Returns logit, uncertainty, [input, z_c]."""
+        logits, uncertainties, inputs, features = [], [], [], []
+        for start in range(0, points.shape[0], POINT_CHUNK):
+            chunk = points[start:start + POINT_CHUNK].to(self.device).unsqueeze(0)
+            point_input = self.network.point_input(prompt, chunk)
+            coarse: CoarseOutput = self.network.coarse(prompt, point_input)
+            logits.append(coarse.logit[0])
+            uncertainties.append(self.network.uncertainty(coarse, self.seed)[0])
+            if keep_features:
+                inputs.append(point_input[0])
+                features.append(coarse.feature[0])
+        cat = torch.cat
+        empty = torch.empty(0, device=self.device)
+        return (cat(logits) if logits else empty, cat(uncertainties) if uncertainties else empty,
+                cat(inputs) if keep_features and inputs else None,
+                cat(features) if keep_features and features else None)
+
+    def _fine_at(self, point_input: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        out = [self.network.fine(point_input[s:s + POINT_CHUNK], features[s:s + POINT_CHUNK])
+               for s in range(0, point_input.shape[0], POINT_CHUNK)]
+        return torch.cat(out) if out else torch.empty(0, device=self.device)
+
+    def _select(self, uncertainty: torch.Tensor, budget: int) -> torch.Tensor:
+        """UGS: indices of the top-`budget` uncertain points whose variance clears the floor."""
+        top = uncertainty.topk(min(budget, uncertainty.numel())).indices
+        return top[uncertainty[top] > self.network.config.decoder.refine_min_uncertainty]
+
+    def _decode_dense(self, prompt: BoxPrompt, out_hw: tuple[int, int], budget: int) -> dict:
+        """Every output pixel through Dec_c; the top uncertain ones through Dec_f."""
+        points = grid_points(np.arange(out_hw[0]), np.arange(out_hw[1]), out_hw)
+        logit, uncertainty, _, _ = self._coarse_at(prompt, points, keep_features=False)
+        selected = self._select(uncertainty, budget)
+        refined = logit.clone()
+        if selected.numel():
+            _, _, sel_input, sel_feature = self._coarse_at(prompt, points[selected.cpu()], keep_features=True)
+            refined[selected] = self._fine_at(sel_input, sel_feature)
+        return self._maps(logit, uncertainty, refined, out_hw, n_exact=points.shape[0], n_refined=selected.numel())
+
+    def _decode_roi(self, prompt: BoxPrompt, roi: tuple[int, int, int, int], out_hw: tuple[int, int],
+                    budget: int) -> dict:
+        """Coarse-to-fine in resolution: Dec_c on a coarse grid over the region, exactly only where
+        the coarse result is undecided (plus one cell), then UGS + Dec_f on the uncertain points."""
+        r0, r1, c0, c1 = roi
+        h, w = r1 - r0, c1 - c0
+        step = max(1.0, max(h, w) / self.coarse_cells)
+        nh, nw = max(2, math.ceil((h - 1) / step) + 1), max(2, math.ceil((w - 1) / step) + 1)
+        rows_c, cols_c = np.linspace(r0, r1 - 1, nh), np.linspace(c0, c1 - 1, nw)
+        logit_c, unc_c, _, _ = self._coarse_at(prompt, grid_points(rows_c, cols_c, out_hw), keep_features=False)
+        logit_c, unc_c = logit_c.view(1, 1, nh, nw), unc_c.view(1, 1, nh, nw)
+
+        # Undecided coarse nodes: near 0.5, uncertain, or on a sign change; dilated by one node.
+        floor = self.network.config.decoder.refine_min_uncertainty
+        positive = logit_c > 0
+        flag = (logit_c.abs() < CONFIDENT_LOGIT) | (unc_c > floor)
+        flag[..., 1:, :] |= positive[..., 1:, :] != positive[..., :-1, :]
+        flag[..., :-1, :] |= positive[..., 1:, :] != positive[..., :-1, :]
+        flag[..., :, 1:] |= positive[..., :, 1:] != positive[..., :, :-1]
+        flag[..., :, :-1] |= positive[..., :, 1:] != positive[..., :, :-1]
+        flag = F.max_pool2d(flag.float(), 3, stride=1, padding=1)
+        band = F.interpolate(flag, size=(h, w), mode="nearest")[0, 0].flatten() > 0
+
+        logit = F.interpolate(logit_c, size=(h, w), mode="bilinear", align_corners=True).flatten()
+        uncertainty = F.interpolate(unc_c, size=(h, w), mode="bilinear", align_corners=True).flatten()
+        all_points = grid_points(np.arange(r0, r1), np.arange(c0, c1), out_hw)
+
+        exact = band.nonzero().flatten()
+        e_logit, e_unc, e_input, e_feature = self._coarse_at(prompt, all_points[exact.cpu()], keep_features=True)
+        logit[exact], uncertainty[exact] = e_logit, e_unc
+
+        selected = self._select(uncertainty, budget)
+        extra = selected[~band[selected]]  # selected but not yet evaluated exactly (rare)
+        if extra.numel():
+            x_logit, x_unc, x_input, x_feature = self._coarse_at(prompt, all_points[extra.cpu()], keep_features=True)
+            logit[extra], uncertainty[extra] = x_logit, x_unc
+            exact = torch.cat([exact, extra])
+            e_input, e_feature = torch.cat([e_input, x_input]), torch.cat([e_feature, x_feature])
+        row_of = torch.full((h * w,), -1, dtype=torch.long, device=logit.device)
+        row_of[exact] = torch.arange(exact.numel(), device=logit.device)
+        refined = logit.clone()
+        if selected.numel():
+            rows = row_of[selected]
+            refined[selected] = self._fine_at(e_input[rows], e_feature[rows])
+
+        def place(values: torch.Tensor) -> torch.Tensor:
+            full = torch.zeros(out_hw, device=values.device)
+            full[r0:r1, c0:c1] = values.view(h, w)
+            return full.flatten()
+
+        outside = torch.full(out_hw, -1e4, device=logit.device)
+        outside[r0:r1, c0:c1] = 0.0
+        return self._maps(place(logit) + outside.flatten(), place(uncertainty), place(refined) + outside.flatten(),
+                          out_hw, n_exact=int(exact.numel()) + nh * nw, n_refined=int(selected.numel()))
+
+    @staticmethod
+    def _maps(logit: torch.Tensor, uncertainty: torch.Tensor, refined: torch.Tensor, out_hw: tuple[int, int],
+              n_exact: int, n_refined: int) -> dict:
+        def as_np(t: torch.Tensor) -> np.ndarray:
+            return t.view(out_hw).float().cpu().numpy()
+
+        return {"coarse_prob": as_np(torch.sigmoid(logit)), "uncertainty": as_np(uncertainty),
+                "refined_prob": as_np(torch.sigmoid(refined)), "n_coarse_exact": n_exact, "n_refined": n_refined}

@@ -1,0 +1,131 @@
+"""Model configurations as data: one dataclass per part, one `ModelConfig` per named model."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """SAM ViT image encoder, plus the I-MedSAM adapters (LoRA on q/v, frequency adapter)."""
+
+    img_size: int = 1024
+    patch_size: int = 16
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    window_size: int = 14
+    global_attn_indexes: tuple[int, ...] = (2, 5, 8, 11)
+    out_chans: int = 256
+    lora_rank: int = 4
+    fa_hidden: int = 4
+    fa_spectrum: str = "amplitude"  # "amplitude" | "phase" | "none"
+
+    @property
+    def grid_size(self) -> int:
+        """Tokens per side of the image embedding."""
+        return self.img_size // self.patch_size
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """SAM prompt encoder + two-way transformer + output upscaling, then the coarse/fine INR."""
+
+    transformer_depth: int = 2
+    transformer_mlp_dim: int = 2048
+    transformer_heads: int = 8
+    pe_frequencies: int = 10
+    coarse_hidden: tuple[int, ...] = (1024, 512)
+    coarse_feature_dim: int = 256
+    fine_hidden: tuple[int, ...] = (512, 256, 256, 128)
+    dropout: float = 0.5
+    mc_passes: int = 8
+    refine_fraction: float = 0.125
+    # Inference only: points whose MC variance is below this keep the coarse value even inside
+    # the top-K % (Dec_f is trained on uncertain points; confident ones gain nothing from it).
+    refine_min_uncertainty: float = 1e-4
+
+    @property
+    def point_feature_dim(self) -> int:
+        """Per-point input size: positional encoding (2 + 4 L) is added by the INR itself."""
+        return 2 + 4 * self.pe_frequencies
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A whole I-MedSAM network."""
+
+    name: str
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+
+    @property
+    def prompt_dim(self) -> int:
+        return self.encoder.out_chans
+
+    @property
+    def feature_map_dim(self) -> int:
+        """Channels of SAM's upscaled feature map (transformer_dim // 8: 32 for ViT-B)."""
+        return self.encoder.out_chans // 8
+
+    def with_input_size(self, img_size: int) -> ModelConfig:
+        """Same network at another encoder input size (must be a multiple of the patch size)."""
+        if img_size <= 0 or img_size % self.encoder.patch_size:
+            raise ValueError(
+                f"input size {img_size} must be a positive multiple of the patch size "
+                f"{self.encoder.patch_size}"
+            )
+        return replace(self, encoder=replace(self.encoder, img_size=img_size))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        enc = dict(data["encoder"])
+        enc["global_attn_indexes"] = tuple(enc["global_attn_indexes"])
+        dec = dict(data["decoder"])
+        dec["coarse_hidden"] = tuple(dec["coarse_hidden"])
+        dec["fine_hidden"] = tuple(dec["fine_hidden"])
+        return cls(name=data["name"], encoder=EncoderConfig(**enc), decoder=DecoderConfig(**dec))
+
+
+VIT_B = ModelConfig(name="vit_b", encoder=EncoderConfig(img_size=512))
+
+# Same architecture, a few hundred times smaller: tests, CI and the bundled demo backbone.
+TINY = ModelConfig(
+    name="tiny",
+    encoder=EncoderConfig(
+        img_size=256,
+        patch_size=16,
+        embed_dim=96,
+        depth=4,
+        num_heads=3,
+        window_size=8,
+        global_attn_indexes=(1, 3),
+        out_chans=64,
+        lora_rank=4,
+        fa_hidden=4,
+    ),
+    decoder=DecoderConfig(
+        transformer_depth=2,
+        transformer_mlp_dim=256,
+        transformer_heads=4,
+        coarse_hidden=(128, 64),
+        coarse_feature_dim=32,
+        fine_hidden=(64, 32, 32, 16),
+        mc_passes=8,
+    ),
+)
+
+CONFIGS: dict[str, ModelConfig] = {c.name: c for c in (VIT_B, TINY)}
+
+
+def get_config(name: str) -> ModelConfig:
+    """Look up a named configuration."""
+    try:
+        return CONFIGS[name]
+    except KeyError:
+        raise KeyError(f"unknown model config {name!r}; known: {', '.join(CONFIGS)}") from None

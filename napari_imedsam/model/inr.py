@@ -1,0 +1,115 @@
+"""Implicit decoder: positional encoding, coarse INR with MC-dropout, fine INR, UGS."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def positional_encoding(points: torch.Tensor, frequencies: int) -> torch.Tensor:
+    """NeRF encoding of (..., 2) points in [-1, 1]: [p, sin(2^k pi p), cos(2^k pi p)], k < L."""
+    scales = (2.0 ** torch.arange(frequencies, device=points.device, dtype=points.dtype)) * torch.pi
+    angles = points.unsqueeze(-1) * scales  # (..., 2, L)
+    encoded = torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(-2)
+    return torch.cat([points, encoded], dim=-1)
+
+
+def _mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(n_in, n_out))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+@dataclass
+class CoarseOutput:
+    """Deterministic coarse pass: logit (..., ), feature z_c (..., Z) and the shared trunk (..., H)."""
+
+    logit: torch.Tensor
+    feature: torch.Tensor
+    trunk: torch.Tensor
+
+
+class CoarseINR(nn.Module):
+    """Dec_c: [point input, prompt] -> hidden (1024, 512) -> (logit, z_c).
+
+    The prompt feature is constant per box, so its first-layer product is a per-box bias
+    (`prompt_proj`), computed once instead of once per point. Dropout sits only before the
+    output layer: the T MC-dropout passes share the whole trunk and cost one small matmul.
+    """
+
+    def __init__(
+        self, point_dim: int, prompt_dim: int, hidden: tuple[int, ...], feature_dim: int, dropout: float
+    ) -> None:
+        super().__init__()
+        self.point_proj = nn.Linear(point_dim, hidden[0])
+        self.prompt_proj = nn.Linear(prompt_dim, hidden[0], bias=False)
+        self.trunk = nn.Sequential(nn.ReLU(inplace=True), *_trunk_layers(list(hidden)))
+        self.head = nn.Linear(hidden[-1], 1 + feature_dim)
+        self.dropout = dropout
+
+    def prompt_bias(self, prompt: torch.Tensor) -> torch.Tensor:
+        """(B, prompt_dim) -> (B, 1, hidden0): the per-box share of the first layer."""
+        return self.prompt_proj(prompt).unsqueeze(1)
+
+    def forward(self, point_input: torch.Tensor, prompt_bias: torch.Tensor) -> CoarseOutput:
+        """point_input (B, P, D), prompt_bias (B, 1, H0) -> deterministic outputs (B, P, ...)."""
+        trunk = self.trunk(self.point_proj(point_input) + prompt_bias)
+        out = self.head(trunk)
+        return CoarseOutput(logit=out[..., 0], feature=out[..., 1:], trunk=trunk)
+
+    def dropout_logit(self, trunk: torch.Tensor) -> torch.Tensor:
+        """Logit with standard (per-element) dropout on the trunk: the training pass."""
+        dropped = F.dropout(trunk, self.dropout, training=True)
+        return F.linear(dropped, self.head.weight[:1], self.head.bias[:1])[..., 0]
+
+    def mc_logits(self, trunk: torch.Tensor, keep_masks: torch.Tensor) -> torch.Tensor:
+        """Logits of T thinned networks: trunk (B, P, H), keep_masks (T, H) -> (T, B, P).
+
+        Each pass samples one thinned network (a unit mask shared by all points), so the T
+        samples are spatially coherent and a point's uncertainty does not depend on which other
+        points were queried: a box-region decode and a dense decode agree exactly.
+        """
+        weight = self.head.weight[0] / (1.0 - self.dropout)  # inverted-dropout scaling
+        per_pass = keep_masks * weight  # (T, H)
+        return torch.einsum("bph,th->tbp", trunk, per_pass) + self.head.bias[0]
+
+
+def _trunk_layers(hidden: list[int]) -> list[nn.Module]:
+    layers: list[nn.Module] = []
+    for n_in, n_out in zip(hidden[:-1], hidden[1:]):
+        layers += [nn.Linear(n_in, n_out), nn.ReLU(inplace=True)]
+    return layers
+
+
+class FineINR(nn.Module):
+    """Dec_f: [point input, z_c] -> hidden (512, 256, 256, 128) -> logit."""
+
+    def __init__(self, point_dim: int, feature_dim: int, hidden: tuple[int, ...]) -> None:
+        super().__init__()
+        self.mlp = _mlp([point_dim + feature_dim, *hidden, 1])
+
+    def forward(self, point_input: torch.Tensor, coarse_feature: torch.Tensor) -> torch.Tensor:
+        return self.mlp(torch.cat([point_input, coarse_feature], dim=-1))[..., 0]
+
+
+def mc_keep_masks(passes: int, width: int, dropout: float, seed: int, device: torch.device) -> torch.Tensor:
+    """T fixed unit-keep masks (T, width) from a seeded generator: reproducible MC-dropout."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    keep = torch.rand(passes, width, generator=generator) >= dropout
+    return keep.to(device=device, dtype=torch.float32)
+
+
+def mc_uncertainty(mc_logits: torch.Tensor) -> torch.Tensor:
+    """Variance over the T passes (dim 0) of the sigmoid probability (paper eq. 7)."""
+    return torch.sigmoid(mc_logits).var(dim=0, unbiased=False)
+
+
+def refine_count(n_points: int, fraction: float) -> int:
+    """How many points UGS sends to Dec_f: the top `fraction` of `n_points` (at least 1)."""
+    return max(1, min(n_points, int(round(fraction * n_points))))

@@ -1,0 +1,230 @@
+"""Checkpoint I/O: SAM-layout state dicts (torch, weights_only) and safetensors with a JSON header."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+from torch.nn import functional as F
+
+from .config import CONFIGS, ModelConfig
+from .imedsam import IMedSAM
+
+HEADER_KEY = "imedsam"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used; the message names the file and the reason."""
+
+
+def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---- SAM-layout checkpoints (.pth) ------------------------------------------------------------
+def read_sam_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load an official SAM/MedSAM checkpoint safely (`weights_only=True`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated/garbage files
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
+    if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
+        state = state["model"]
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: expected a state dict of tensors, found {type(state).__name__}")
+    return dict(state)
+
+
+def infer_config(state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> ModelConfig:
+    """Which known architecture a SAM-layout state dict belongs to (by encoder width and depth)."""
+    try:
+        embed_dim = state["image_encoder.patch_embed.proj.weight"].shape[0]
+    except KeyError:
+        raise CheckpointError(f"{source}: no image_encoder.patch_embed.proj.weight; not a SAM checkpoint") from None
+    depth = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("image_encoder.blocks."))
+    for config in CONFIGS.values():
+        if (config.encoder.embed_dim, config.encoder.depth) == (embed_dim, depth):
+            return config
+    raise CheckpointError(
+        f"{source}: encoder width {embed_dim}, depth {depth} matches no known architecture "
+        f"({', '.join(CONFIGS)}); ViT-L/ViT-H SAM checkpoints are not supported"
+    )
+
+
+def _resize_pos_embed(tensor: torch.Tensor, grid: int) -> torch.Tensor:
+    """(1, g0, g0, C) absolute position embedding -> (1, grid, grid, C), bicubic."""
+    if tensor.shape[1] == grid:
+        return tensor
+    resized = F.interpolate(tensor.permute(0, 3, 1, 2).float(), size=(grid, grid), mode="bicubic", align_corners=False)
+    return resized.permute(0, 2, 3, 1).to(tensor.dtype)
+
+
+def _resize_rel_pos(tensor: torch.Tensor, length: int) -> torch.Tensor:
+    """(2g0 - 1, C) relative position table -> (length, C), linear."""
+    if tensor.shape[0] == length:
+        return tensor
+    resized = F.interpolate(tensor.t().unsqueeze(0).float(), size=length, mode="linear", align_corners=False)
+    return resized[0].t().to(tensor.dtype)
+
+
+def fit_to_input_size(state: dict[str, torch.Tensor], model: IMedSAM) -> dict[str, torch.Tensor]:
+    """Interpolate the position embedding and global-attention rel-pos tables to the model's input size."""
+    target = model.state_dict()
+    fitted = dict(state)
+    for key, value in state.items():
+        if key not in target or target[key].shape == value.shape:
+            continue
+        if key == "image_encoder.pos_embed":
+            fitted[key] = _resize_pos_embed(value, target[key].shape[1])
+        elif key.endswith(("attn.rel_pos_h", "attn.rel_pos_w")):
+            fitted[key] = _resize_rel_pos(value, target[key].shape[0])
+    return fitted
+
+
+def _is_new_in_imedsam(key: str) -> bool:
+    """Tensors I-MedSAM adds to SAM: absent from a SAM checkpoint, initialised by the model."""
+    return any(part in key for part in (".lora_", "freq_adapters.", "coarse_inr.", "fine_inr."))
+
+
+def load_sam_weights(model: IMedSAM, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Load a SAM-layout state dict into the frozen backbone; adapters and INR keep their init."""
+    state = fit_to_input_size(dict(state), model)
+    target = model.state_dict()
+    missing = [k for k in target if k not in state and not _is_new_in_imedsam(k)]
+    unexpected = [k for k in state if k not in target]
+    wrong = [f"{k} {tuple(v.shape)} (model expects {tuple(target[k].shape)})"
+             for k, v in state.items() if k in target and v.shape != target[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys, e.g. {missing[:3]}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys, e.g. {unexpected[:3]}")
+    if wrong:
+        problems.append(f"{len(wrong)} tensors of the wrong shape, e.g. {wrong[:2]}")
+    if problems:
+        raise CheckpointError(
+            f"{source}: does not fit the {model.config.name} architecture: " + "; ".join(problems)
+        )
+    model.load_state_dict(state, strict=False)
+
+
+# ---- safetensors with a JSON header --------------------------------------------------------
+def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, header: dict[str, Any]) -> Path:
+    """Write tensors + JSON header to `path` atomically (temp file in the same folder + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(contiguous, tmp, metadata={HEADER_KEY: json.dumps(header, sort_keys=True)})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and the JSON header of one of our safetensors checkpoints."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+    if HEADER_KEY not in metadata:
+        raise CheckpointError(f"{path}: safetensors file without an '{HEADER_KEY}' header; not an I-MedSAM checkpoint")
+    try:
+        header = json.loads(metadata[HEADER_KEY])
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: header is not valid JSON ({exc})") from None
+    return tensors, header
+
+
+def trainable_state(model: IMedSAM, groups: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of the named parameter groups (default: all trainable groups), by state-dict name."""
+    chosen = model.parameter_groups()
+    names = set(groups) if groups is not None else set(chosen)
+    return {
+        name: param.detach()
+        for group, params in chosen.items() if group in names
+        for name, param in params
+    }
+
+
+def save_adapters(model: IMedSAM, path: str | os.PathLike, header: dict[str, Any]) -> Path:
+    """Save only trainable tensors (adapters, prompt encoder, upscaling, INR) with a JSON header.
+
+    The header must carry `base_model` and `base_sha256`; the config is added here.
+    """
+    missing = {"base_model", "base_sha256"} - set(header)
+    if missing:
+        raise ValueError(f"adapter header needs {sorted(missing)}")
+    full = {"format": "imedsam-adapters/1", "config": model.config.to_dict(), **header}
+    return atomic_save_safetensors(trainable_state(model), path, full)
+
+
+def load_adapters(model: IMedSAM, path: str | os.PathLike, base_sha256: str | None = None) -> dict[str, Any]:
+    """Load an adapter file into `model`; checks architecture (and base hash when given). Returns the header."""
+    tensors, header = read_safetensors(path)
+    if header.get("format") != "imedsam-adapters/1":
+        raise CheckpointError(f"{path}: not an adapter file (format {header.get('format')!r})")
+    config = header.get("config", {})
+    if config.get("name") != model.config.name:
+        raise CheckpointError(f"{path}: adapters for {config.get('name')!r}, but the model is {model.config.name!r}")
+    if base_sha256 and header.get("base_sha256") not in (base_sha256, None):
+        raise CheckpointError(
+            f"{path}: adapters were trained on base {header.get('base_model')} "
+            f"(sha256 {str(header.get('base_sha256'))[:12]}…), not on the loaded weights ({base_sha256[:12]}…)"
+        )
+    expected = trainable_state(model)
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = [k for k in tensors if k in expected and tensors[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"{path}: adapter tensors do not match the model "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shape {wrong[:3]})"
+        )
+    model.load_state_dict(tensors, strict=False)
+    return header
+
+
+def save_model(model: IMedSAM, path: str | os.PathLike, header: dict[str, Any], half: bool = False) -> Path:
+    """Save a whole network (our own trained models, e.g. the bundled demo) as safetensors."""
+    state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    full = {"format": "imedsam-model/1", "config": model.config.to_dict(), **header}
+    return atomic_save_safetensors(state, path, full)
+
+
+def read_model_file(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, Any]]:
+    """Config, float32 state dict and header of a whole-model safetensors file."""
+    tensors, header = read_safetensors(path)
+    if header.get("format") != "imedsam-model/1":
+        raise CheckpointError(f"{path}: not a whole-model file (format {header.get('format')!r}); "
+                              "adapter files are loaded on top of a base model with --adapters")
+    try:
+        config = ModelConfig.from_dict(header["config"])
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: header has no usable model config ({exc})") from None
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in tensors.items()}
+    return config, state, header

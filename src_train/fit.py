@@ -1,0 +1,78 @@
+"""Decoder-mode fitting on encoded examples: the CPU training core (frozen encoder, cached embeddings)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from napari_imedsam.inference.predictor import Embedding
+from napari_imedsam.inference.preprocess import normalized_points, region_around_box
+from napari_imedsam.model.imedsam import IMedSAM
+
+from .losses import imedsam_loss
+from .points import box_of_mask, jitter_box, sample_points
+
+DECODER_GROUPS = ("prompt_encoder", "output_upscaling", "coarse_inr", "fine_inr")
+
+
+@dataclass
+class EncodedExample:
+    """One training slice after the (frozen) encoder: its embedding and its binary mask."""
+
+    embedding: Embedding
+    mask: np.ndarray
+
+
+def decoder_parameters(network: IMedSAM) -> list[torch.nn.Parameter]:
+    groups = network.parameter_groups()
+    return [p for group in DECODER_GROUPS for _, p in groups[group]]
+
+
+def make_batch(examples: Sequence[EncodedExample], rng: np.random.Generator, n_points: int,
+               boundary_fraction: float = 0.5, box_jitter: float = 0.05, device: torch.device | None = None
+               ) -> dict[str, torch.Tensor]:
+    """Embeddings, jittered boxes (encoder pixels), extents, query points and labels for a batch."""
+    embeddings, boxes, extents, points, labels = [], [], [], [], []
+    for example in examples:
+        geometry = example.embedding.geometry
+        shape = example.mask.shape
+        box = jitter_box(box_of_mask(example.mask), shape, rng, box_jitter) if box_jitter else box_of_mask(example.mask)
+        region = region_around_box(box, shape)
+        rc, target = sample_points(example.mask, region, n_points, boundary_fraction, rng)
+        embeddings.append(example.embedding.tensor)
+        boxes.append(torch.as_tensor(geometry.box_to_input(box), dtype=torch.float32))
+        extents.append(torch.tensor(geometry.extent, dtype=torch.float32))
+        points.append(normalized_points(rc[:, 0], rc[:, 1], shape))
+        labels.append(torch.from_numpy(target))
+    batch = {"embedding": torch.cat(embeddings), "boxes": torch.stack(boxes), "extent": torch.stack(extents),
+             "points": torch.stack(points), "labels": torch.stack(labels)}
+    return {k: v.to(device) for k, v in batch.items()} if device is not None else batch
+
+
+def fit_decoder(network: IMedSAM, examples: Sequence[EncodedExample], steps: int, *, batch_size: int = 4,
+                n_points: int = 1024, lr: float = 1e-3, seed: int = 0) -> list[float]:
+    """Train prompt encoder, upscaling and both INRs for `steps` steps; returns the loss per step."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    params = decoder_parameters(network)
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=lr)
+    network.train()
+    losses = []
+    for step in range(steps):
+        chosen = [examples[i] for i in rng.integers(0, len(examples), batch_size)]
+        batch = make_batch(chosen, rng, n_points)
+        outputs = network.forward_train(batch["embedding"], batch["boxes"], batch["extent"], batch["points"])
+        loss = imedsam_loss(outputs, batch["labels"], progress=step / max(1, steps - 1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    network.eval()
+    for p in params:
+        p.requires_grad_(False)
+    return losses
