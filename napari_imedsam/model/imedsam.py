@@ -21,7 +21,7 @@ from .inr import (
     refine_count,
 )
 
-# SAM's pixel normalisation (0-255 RGB); kept as buffers under SAM's own state-dict names.
+# SAM's pixel normalisation (0-255 RGB); non-persistent buffers, as in SAM (not in checkpoints).
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 
@@ -68,8 +68,8 @@ class IMedSAM(nn.Module):
             point_dim, config.prompt_dim, dec.coarse_hidden, dec.coarse_feature_dim, dec.dropout
         )
         self.fine_inr = FineINR(point_dim, dec.coarse_feature_dim, dec.fine_hidden)
-        self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(-1, 1, 1), persistent=True)
-        self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(-1, 1, 1), persistent=True)
+        self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(-1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(-1, 1, 1), persistent=False)
 
     # ---- parameter groups -------------------------------------------------------------
     def parameter_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:

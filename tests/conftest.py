@@ -1,0 +1,88 @@
+"""Shared fixtures: tiny models, a SAM-layout checkpoint, a briefly fitted model on synthetic shapes."""
+
+from __future__ import annotations
+
+import warnings
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from skimage.draw import ellipse
+
+from napari_imedsam.inference.predictor import Predictor
+from napari_imedsam.model.config import TINY, ModelConfig
+from napari_imedsam.model.registry import LoadedModel, load_model
+from src_train.fit import EncodedExample, fit_decoder
+
+
+def untrained(name: str = "tiny", **kwargs) -> LoadedModel:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load_model(name, **kwargs)
+
+
+def official_sam(config: ModelConfig = TINY, seed: int = 0) -> Sam:
+    """segment-anything's own `Sam` for a config, with random non-zero weights everywhere."""
+    torch.manual_seed(seed)
+    enc, dec = config.encoder, config.decoder
+    sam = Sam(
+        image_encoder=ImageEncoderViT(
+            img_size=enc.img_size, patch_size=enc.patch_size, embed_dim=enc.embed_dim, depth=enc.depth,
+            num_heads=enc.num_heads, mlp_ratio=enc.mlp_ratio, out_chans=enc.out_chans, qkv_bias=True,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_abs_pos=True, use_rel_pos=True,
+            window_size=enc.window_size, global_attn_indexes=enc.global_attn_indexes,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=enc.out_chans, image_embedding_size=(enc.grid_size, enc.grid_size),
+            input_image_size=(enc.img_size, enc.img_size), mask_in_chans=16,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=dec.transformer_depth, embedding_dim=enc.out_chans,
+                                          mlp_dim=dec.transformer_mlp_dim, num_heads=dec.transformer_heads),
+            transformer_dim=enc.out_chans, iou_head_depth=3, iou_head_hidden_dim=enc.out_chans,
+        ),
+    )
+    with torch.no_grad():  # SAM zero-initialises pos/rel-pos tables; make every tensor informative
+        for name, param in sam.named_parameters():
+            if "pos" in name:
+                param.normal_(0.0, 0.02)
+    return sam.eval()
+
+
+@pytest.fixture
+def sam_checkpoint(tmp_path):
+    """A tiny-config checkpoint saved exactly as the official SAM .pth files are (a plain state dict)."""
+    sam = official_sam()
+    path = tmp_path / "sam_tiny.pth"
+    torch.save(sam.state_dict(), path)
+    return path, sam
+
+
+def synthetic_examples(n: int, size: int = 128, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Noisy grey images with one bright ellipse each, and its exact mask."""
+    rng = np.random.default_rng(seed)
+    examples = []
+    for _ in range(n):
+        image = rng.normal(0.3, 0.05, (size, size)).astype(np.float32)
+        mask = np.zeros((size, size), bool)
+        rr, cc = ellipse(rng.integers(size // 3, 2 * size // 3), rng.integers(size // 3, 2 * size // 3),
+                         rng.integers(size // 10, size // 4), rng.integers(size // 10, size // 4), shape=mask.shape)
+        mask[rr, cc] = True
+        image[mask] += 0.4
+        examples.append((image, mask))
+    return examples
+
+
+@pytest.fixture(scope="session")
+def fitted():
+    """The tiny model after a short decoder-mode fit on synthetic ellipses (~10 s on 2 CPU cores)."""
+    torch.manual_seed(0)
+    loaded = untrained()
+    predictor = Predictor(loaded)
+    examples = synthetic_examples(6)
+    encoded = [EncodedExample(predictor.embed(image), mask) for image, mask in examples]
+    losses = fit_decoder(loaded.network, encoded, steps=300, seed=0)
+    return loaded, examples, losses

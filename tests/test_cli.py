@@ -1,0 +1,109 @@
+"""`imedsam info` and `imedsam predict`: outputs by extension, NIfTI affines, one clear error message."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+
+from napari_imedsam.cli import main
+from napari_imedsam.model.weights import save_model
+
+from .conftest import untrained
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    torch.manual_seed(0)
+    return str(save_model(untrained().network, tmp_path / "tiny.safetensors", {"data": "test"}))
+
+
+def test_info_prints_trainable_parameters_per_component(capsys, model_file):
+    assert main(["info", "--model", model_file]) == 0
+    out = capsys.readouterr().out
+    for part in ("lora", "frequency_adapter", "prompt_encoder", "output_upscaling", "coarse_inr", "fine_inr"):
+        assert part in out
+    assert "total trainable" in out and "50,970" in out
+
+
+def test_predict_png_writes_mask_uncertainty_and_size(tmp_path, model_file, capsys):
+    image = tmp_path / "image.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 80), dtype=np.uint8)).save(image)
+    out, unc = tmp_path / "mask.png", tmp_path / "unc.tif"
+    code = main(["predict", "--model", model_file, "--image", str(image), "--box", "10,10,50,40",
+                 "--out", str(out), "--uncertainty", str(unc)])
+    assert code == 0, capsys.readouterr().err
+    assert np.asarray(Image.open(out)).shape == (60, 80)
+    assert set(np.unique(np.asarray(Image.open(out)))) <= {0, 255}
+    assert tifffile.imread(unc).dtype == np.float32
+    sized = tmp_path / "big.png"
+    assert main(["predict", "--model", model_file, "--image", str(image), "--box", "10,10,50,40",
+                 "--out", str(sized), "--size", "120,160"]) == 0
+    assert np.asarray(Image.open(sized)).shape == (120, 160)
+
+
+def test_predict_nifti_slice_keeps_the_source_affine(tmp_path, model_file):
+    volume = np.random.default_rng(0).normal(size=(40, 50, 6)).astype(np.float32)  # NIfTI (x, y, z)
+    affine = np.diag([0.8, 0.8, 2.5, 1.0])
+    affine[:3, 3] = [-10, 20, 5]
+    source = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(volume, affine), source)
+    out = tmp_path / "mask.nii.gz"
+    assert main(["predict", "--model", model_file, "--image", str(source), "--slice", "3",
+                 "--box", "5,5,30,25", "--out", str(out)]) == 0
+    written = nib.load(out)
+    np.testing.assert_allclose(written.affine, affine)
+    data = np.asarray(written.dataobj)
+    assert data.shape == volume.shape
+    assert not data[..., [0, 1, 2, 4, 5]].any()  # only slice z = 3 carries the result
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--box", "500,500,600,600"], "lies outside"),
+     (["--box", "10,10,10,20"], "zero or negative size"),
+     (["--box", "1,2,3"], "4 comma-separated numbers"),
+     (["--image", "missing.png"], "no such file")],
+)
+def test_predict_bad_input_exits_nonzero_with_one_message(tmp_path, model_file, capsys, args, message):
+    image = tmp_path / "image.png"
+    Image.fromarray(np.zeros((60, 80), np.uint8)).save(image)
+    base = {"--image": str(image), "--box": "10,10,50,40"}
+    for flag, value in zip(args[::2], args[1::2]):
+        base[flag] = value if flag != "--image" else str(tmp_path / value)
+    argv = ["predict", "--model", model_file, "--out", str(tmp_path / "m.png")]
+    for flag, value in base.items():
+        argv += [flag, value]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("imedsam: error:") and message in err[0]
+    assert not (tmp_path / "m.png").exists()
+
+
+def test_unreadable_and_4d_images_are_refused(tmp_path, model_file, capsys):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    assert main(["predict", "--model", model_file, "--image", str(broken), "--box", "1,1,5,5",
+                 "--out", str(tmp_path / "m.png")]) == 2
+    assert "cannot read image" in capsys.readouterr().err
+    four_d = tmp_path / "fmri.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4, 3), np.float32), np.eye(4)), four_d)
+    assert main(["predict", "--model", model_file, "--image", str(four_d), "--slice", "0", "--box", "1,1,5,5",
+                 "--out", str(tmp_path / "m.png")]) == 2
+    assert "4D image" in capsys.readouterr().err
+    volume = tmp_path / "vol.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.float32), np.eye(4)), volume)
+    assert main(["predict", "--model", model_file, "--image", str(volume), "--box", "1,1,5,5",
+                 "--out", str(tmp_path / "m.png")]) == 2
+    assert "choose one with --slice" in capsys.readouterr().err
+
+
+def test_missing_model_file_is_one_clear_error(tmp_path, capsys):
+    image = tmp_path / "image.png"
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(image)
+    assert main(["predict", "--model", str(tmp_path / "nope.pth"), "--image", str(image), "--box", "1,1,9,9",
+                 "--out", str(tmp_path / "m.png")]) == 2
+    assert "no such model file" in capsys.readouterr().err

@@ -1,0 +1,45 @@
+"""Losses on known inputs, and the query-point sampler."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from src_train.losses import bce_dice_loss, coarse_fine_weights, dice_loss
+from src_train.points import box_of_mask, jitter_box, sample_points
+
+
+def test_dice_and_bce_on_known_values():
+    targets = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
+    confident = torch.tensor([[50.0, 50.0, -50.0, -50.0]])
+    assert float(dice_loss(confident, targets)) < 1e-6
+    zero = torch.zeros(1, 4)  # p = 0.5 everywhere: BCE = ln 2, Dice = 1 - (2*1 + 1) / (2 + 2 + 1)
+    expected = 0.5 * math.log(2) + 0.5 * (1 - 3 / 5)
+    assert abs(float(bce_dice_loss(zero, targets)) - expected) < 1e-6
+
+
+def test_supervision_moves_from_coarse_to_fine():
+    assert coarse_fine_weights(0.0) == (0.8, 0.2)
+    w_coarse, w_fine = coarse_fine_weights(1.0)
+    assert abs(w_coarse - 0.2) < 1e-9 and abs(w_fine - 0.8) < 1e-9
+
+
+def test_points_sample_region_and_boundary_with_exact_labels():
+    mask = np.zeros((64, 64), bool)
+    mask[20:40, 10:30] = True
+    box = box_of_mask(mask)
+    np.testing.assert_array_equal(box, [10, 20, 29, 39])
+    rng = np.random.default_rng(0)
+    rc, labels = sample_points(mask, (15, 45, 5, 35), 2000, 0.5, rng)
+    assert rc.shape == (2000, 2) and labels.shape == (2000,)
+    assert rc[:, 0].min() >= 14.5 and rc[:, 0].max() < 44.5
+    nearest = mask[np.rint(rc[:, 0]).astype(int), np.rint(rc[:, 1]).astype(int)]
+    np.testing.assert_array_equal(labels, nearest)
+    boundary = rc[1000:]
+    near_edge = np.minimum.reduce([np.abs(boundary[:, 0] - 19.5), np.abs(boundary[:, 0] - 39.5),
+                                   np.abs(boundary[:, 1] - 9.5), np.abs(boundary[:, 1] - 29.5)])
+    assert np.median(near_edge) < 3
+    jittered = jitter_box(box, mask.shape, rng)
+    assert (jittered[:2] <= box[:2]).all() and (jittered[2:] >= box[2:]).all()

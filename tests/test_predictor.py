@@ -1,0 +1,118 @@
+"""The headless Predictor: ROI decode = dense decode, any output size, meaningful uncertainty, caching."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from skimage.transform import resize
+
+from napari_imedsam.inference.predictor import Predictor
+from napari_imedsam.inference.preprocess import CT_PRESETS, InputError
+from src_train.points import box_of_mask
+
+from .conftest import synthetic_examples, untrained
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * float((a & b).sum()) / max(1, int(a.sum() + b.sum()))
+
+
+def test_short_fit_reduces_loss_and_segments(fitted):
+    loaded, examples, losses = fitted
+    assert np.mean(losses[-20:]) < 0.5 * np.mean(losses[:20])
+    predictor = Predictor(loaded)
+    image, mask = examples[0]
+    result = predictor.predict(image, box_of_mask(mask))
+    assert result.refined_mask.shape == mask.shape
+    assert dice(result.refined_mask, mask) > 0.9
+
+
+def test_roi_decode_matches_dense_decode(fitted):
+    loaded, examples, _ = fitted
+    predictor = Predictor(loaded)
+    for image, mask in examples[:3] + synthetic_examples(2, seed=7):  # seen and unseen images
+        box = box_of_mask(mask)
+        roi = predictor.predict(image, box)
+        dense = predictor.predict(image, box, dense=True)
+        assert (roi.refined_mask == dense.refined_mask).mean() >= 0.995
+        r0, r1, c0, c1 = roi.roi
+        inside = (roi.refined_mask == dense.refined_mask)[r0:r1, c0:c1].mean()
+        assert inside >= 0.99
+        # the ROI path evaluated far fewer points exactly than the dense one
+        assert roi.n_coarse_exact < 0.5 * dense.n_coarse_exact
+        assert not roi.refined_mask[:r0].any() and not roi.refined_mask[r1:].any()
+
+
+def test_outputs_at_64_256_1024_agree_after_resampling(fitted):
+    loaded, examples, _ = fitted
+    predictor = Predictor(loaded)
+    image, mask = examples[1]
+    box = box_of_mask(mask)
+    masks = {size: predictor.predict(image, box, output_size=(size, size)).refined_mask for size in (64, 256, 1024)}
+    reference = masks[256]
+    for size in (64, 1024):
+        resampled = resize(masks[size].astype(np.float32), (256, 256), order=1) > 0.5
+        assert dice(resampled, reference) > 0.95, size
+    assert dice(resize(mask.astype(np.float32), (1024, 1024), order=0) > 0.5, masks[1024]) > 0.9
+
+
+def test_uncertainty_is_nonzero_and_peaks_on_the_boundary(fitted):
+    loaded, examples, _ = fitted
+    predictor = Predictor(loaded)
+    image, mask = examples[2]
+    result = predictor.predict(image, box_of_mask(mask), dense=True)
+    assert result.uncertainty.max() > 0
+    boundary = ndimage.binary_dilation(mask, iterations=2) & ~ndimage.binary_erosion(mask, iterations=2)
+    inside = ndimage.binary_erosion(mask, iterations=5)
+    outside = ~ndimage.binary_dilation(mask, iterations=5)
+    assert result.uncertainty[boundary].mean() > 10 * result.uncertainty[inside].mean()
+    assert result.uncertainty[boundary].mean() > 10 * result.uncertainty[outside].mean()
+    assert result.n_refined > 0
+
+
+def test_results_are_deterministic(fitted):
+    loaded, examples, _ = fitted
+    image, mask = examples[0]
+    a = Predictor(loaded).predict(image, box_of_mask(mask))
+    b = Predictor(loaded).predict(image, box_of_mask(mask))
+    np.testing.assert_array_equal(a.uncertainty, b.uncertainty)
+    np.testing.assert_array_equal(a.refined_prob, b.refined_prob)
+
+
+def test_embedding_is_cached_per_content_and_window():
+    predictor = Predictor(untrained())
+    image = np.random.default_rng(0).normal(size=(40, 50)).astype(np.float32)
+    predictor.predict(image, (5, 5, 30, 30))
+    predictor.predict(image, (10, 10, 40, 35))  # new box: no new embedding
+    assert (predictor.cache.misses, predictor.cache.hits) == (1, 1)
+    predictor.predict(image, (5, 5, 30, 30), window=CT_PRESETS["lung"])  # new window: re-encode
+    predictor.predict(image + 1, (5, 5, 30, 30))  # new content: re-encode
+    assert predictor.cache.misses == 3 and len(predictor.cache) == 3
+
+
+@pytest.mark.parametrize(
+    ("box", "message"),
+    [((100, 100, 120, 120), "lies outside"), ((10, 10, 10, 30), "zero or negative size"),
+     ((20, 5, 10, 30), "zero or negative size"), ((1, 2, 3), "4 numbers")],
+)
+def test_bad_boxes_give_one_clear_error(box, message):
+    predictor = Predictor(untrained())
+    with pytest.raises(InputError, match=message):
+        predictor.predict(np.zeros((40, 50), np.float32), box)
+
+
+def test_wrong_dimensionality_is_refused():
+    predictor = Predictor(untrained())
+    with pytest.raises(InputError, match="Pick one slice"):
+        predictor.predict(np.zeros((4, 40, 50), np.float32), (1, 1, 10, 10))
+
+
+@pytest.mark.parametrize("image", [
+    np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8),
+    np.random.default_rng(0).integers(0, 4000, (60, 80), dtype=np.uint16),
+    np.random.default_rng(0).normal(size=(60, 80)).astype(np.float64),
+])
+def test_rgb_uint16_and_float_images_are_accepted(image):
+    result = Predictor(untrained()).predict(image, (10, 10, 50, 40))
+    assert result.refined_prob.shape == (60, 80) and np.isfinite(result.refined_prob).all()
