@@ -5,13 +5,12 @@ from __future__ import annotations
 import warnings
 from functools import partial
 
-import numpy as np
 import pytest
 import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
-from skimage.draw import ellipse
 
 from napari_imedsam.inference.predictor import Predictor
+from napari_imedsam.io.phantoms import ellipse_phantoms
 from napari_imedsam.model.config import TINY, ModelConfig
 from napari_imedsam.model.registry import LoadedModel, load_model
 from src_train.fit import EncodedExample, fit_decoder
@@ -61,28 +60,13 @@ def sam_checkpoint(tmp_path):
     return path, sam
 
 
-def synthetic_examples(n: int, size: int = 128, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Noisy grey images with one bright ellipse each, and its exact mask."""
-    rng = np.random.default_rng(seed)
-    examples = []
-    for _ in range(n):
-        image = rng.normal(0.3, 0.05, (size, size)).astype(np.float32)
-        mask = np.zeros((size, size), bool)
-        rr, cc = ellipse(rng.integers(size // 3, 2 * size // 3), rng.integers(size // 3, 2 * size // 3),
-                         rng.integers(size // 10, size // 4), rng.integers(size // 10, size // 4), shape=mask.shape)
-        mask[rr, cc] = True
-        image[mask] += 0.4
-        examples.append((image, mask))
-    return examples
-
-
 @pytest.fixture(scope="session")
 def fitted():
     """The tiny model after a short decoder-mode fit on synthetic ellipses (~10 s on 2 CPU cores)."""
     torch.manual_seed(0)
     loaded = untrained()
     predictor = Predictor(loaded)
-    examples = synthetic_examples(6)
+    examples = ellipse_phantoms(6)
     encoded = [EncodedExample(predictor.embed(image), mask) for image, mask in examples]
     losses = fit_decoder(loaded.network, encoded, steps=300, seed=0)
     return loaded, examples, losses

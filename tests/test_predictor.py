@@ -9,9 +9,10 @@ from skimage.transform import resize
 
 from napari_imedsam.inference.predictor import Predictor
 from napari_imedsam.inference.preprocess import CT_PRESETS, InputError
+from napari_imedsam.io.phantoms import ellipse_phantoms
 from src_train.points import box_of_mask
 
-from .conftest import synthetic_examples, untrained
+from .conftest import untrained
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -31,7 +32,7 @@ def test_short_fit_reduces_loss_and_segments(fitted):
 def test_roi_decode_matches_dense_decode(fitted):
     loaded, examples, _ = fitted
     predictor = Predictor(loaded)
-    for image, mask in examples[:3] + synthetic_examples(2, seed=7):  # seen and unseen images
+    for image, mask in examples[:3] + ellipse_phantoms(2, seed=7):  # seen and unseen images
         box = box_of_mask(mask)
         roi = predictor.predict(image, box)
         dense = predictor.predict(image, box, dense=True)

@@ -29,7 +29,10 @@ from .preprocess import (
 )
 
 POINT_CHUNK = 32768  # points per INR batch: bounds memory (hidden0 x chunk floats)
-CONFIDENT_LOGIT = 4.0  # |logit| above this (p < 0.018 or > 0.982) is taken as decided on the coarse grid
+# |logit| above this (p < 0.12 or > 0.88) on the coarse grid, with no sign change next to it, is
+# decided: bilinear interpolation cannot cross 0.5 there. UGS-selected points outside the band are
+# evaluated exactly anyway, so uncertainty need not widen the band.
+CONFIDENT_LOGIT = 2.0
 
 
 @dataclass
@@ -245,7 +248,7 @@ class Predictor:
     def _decode_roi(self, prompt: BoxPrompt, roi: tuple[int, int, int, int], out_hw: tuple[int, int],
                     budget: int) -> dict:
         """Coarse-to-fine in resolution: Dec_c on a coarse grid over the region, exactly only where
-        the coarse result is undecided (plus one cell), then UGS + Dec_f on the uncertain points."""
+        the coarse result is undecided, then UGS + Dec_f on the uncertain points."""
         r0, r1, c0, c1 = roi
         h, w = r1 - r0, c1 - c0
         step = max(1.0, max(h, w) / self.coarse_cells)
@@ -254,16 +257,15 @@ class Predictor:
         logit_c, unc_c, _, _ = self._coarse_at(prompt, grid_points(rows_c, cols_c, out_hw), keep_features=False)
         logit_c, unc_c = logit_c.view(1, 1, nh, nw), unc_c.view(1, 1, nh, nw)
 
-        # Undecided coarse nodes: near 0.5, uncertain, or on a sign change; dilated by one node.
-        floor = self.network.config.decoder.refine_min_uncertainty
+        # Undecided coarse nodes: near 0.5, or on either side of a sign change. Every pixel between
+        # two flagged nodes maps (nearest) to a flagged node, so a crossing is always evaluated.
         positive = logit_c > 0
-        flag = (logit_c.abs() < CONFIDENT_LOGIT) | (unc_c > floor)
+        flag = logit_c.abs() < CONFIDENT_LOGIT
         flag[..., 1:, :] |= positive[..., 1:, :] != positive[..., :-1, :]
         flag[..., :-1, :] |= positive[..., 1:, :] != positive[..., :-1, :]
         flag[..., :, 1:] |= positive[..., :, 1:] != positive[..., :, :-1]
         flag[..., :, :-1] |= positive[..., :, 1:] != positive[..., :, :-1]
-        flag = F.max_pool2d(flag.float(), 3, stride=1, padding=1)
-        band = F.interpolate(flag, size=(h, w), mode="nearest")[0, 0].flatten() > 0
+        band = F.interpolate(flag.float(), size=(h, w), mode="nearest")[0, 0].flatten() > 0
 
         logit = F.interpolate(logit_c, size=(h, w), mode="bilinear", align_corners=True).flatten()
         uncertainty = F.interpolate(unc_c, size=(h, w), mode="bilinear", align_corners=True).flatten()

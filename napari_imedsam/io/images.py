@@ -8,12 +8,12 @@ source lands on the same voxels with the source affine.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .._atomic import atomic_write
 from ..inference.preprocess import InputError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -112,24 +112,9 @@ def select_slice(image: ImageData, slice_index: int | None) -> np.ndarray:
     return image.data[slice_index]
 
 
-def _atomic_target(path: Path) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_suffix(path))
-    os.close(fd)
-    return tmp
-
-
 def write_atomic(path: str | os.PathLike, writer) -> Path:
-    """Call `writer(tmp_path)` then rename into place, so readers never see a half-written file."""
-    path = Path(path)
-    tmp = _atomic_target(path)
-    try:
-        writer(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    """Atomic write keeping the extension (nibabel and tifffile choose the format by it)."""
+    return atomic_write(path, writer, suffix=_suffix(Path(path)))
 
 
 def write_array(path: str | os.PathLike, array: np.ndarray, source: ImageData | None = None,

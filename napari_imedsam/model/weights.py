@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch.nn import functional as F
 
+from .._atomic import atomic_write
 from .config import CONFIGS, ModelConfig
 from .imedsam import IMedSAM
 
@@ -126,18 +126,9 @@ def load_sam_weights(model: IMedSAM, state: Mapping[str, torch.Tensor], source: 
 # ---- safetensors with a JSON header --------------------------------------------------------
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, header: dict[str, Any]) -> Path:
     """Write tensors + JSON header to `path` atomically (temp file in the same folder + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(contiguous, tmp, metadata={HEADER_KEY: json.dumps(header, sort_keys=True)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    metadata = {HEADER_KEY: json.dumps(header, sort_keys=True)}
+    return atomic_write(path, lambda tmp: save_file(contiguous, tmp, metadata=metadata))
 
 
 def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -1,0 +1,62 @@
+"""Readers/writers: atomic writes, NIfTI orientation round trip, slice selection."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from napari_imedsam._atomic import atomic_write
+from napari_imedsam.inference.preprocess import InputError
+from napari_imedsam.io.images import read_image, select_slice, write_array
+
+
+def test_failed_write_keeps_the_previous_file(tmp_path):
+    target = tmp_path / "mask.png"
+    target.write_bytes(b"previous")
+
+    def crash(tmp: str) -> None:
+        with open(tmp, "wb") as handle:
+            handle.write(b"half")
+        raise KeyboardInterrupt  # e.g. the user interrupts mid-write
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, crash)
+    assert target.read_bytes() == b"previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["mask.png"]  # no temporary left behind
+
+
+def test_written_files_get_normal_permissions(tmp_path):
+    path = write_array(tmp_path / "m.png", np.ones((4, 4), bool))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+
+
+def test_nifti_volume_reads_in_napari_order_and_round_trips(tmp_path):
+    xyz = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+    affine = np.diag([0.5, 0.7, 3.0, 1.0])
+    nib.save(nib.Nifti1Image(xyz, affine), tmp_path / "v.nii.gz")
+    image = read_image(tmp_path / "v.nii.gz")
+    assert image.data.shape == (6, 5, 4) and image.is_volume  # (z, y, x)
+    np.testing.assert_allclose(image.spacing, (3.0, 0.7, 0.5), rtol=1e-6)
+    np.testing.assert_array_equal(select_slice(image, 2), xyz[:, :, 2].T)
+    write_array(tmp_path / "out.nii.gz", image.data, image)
+    back = nib.load(tmp_path / "out.nii.gz")
+    np.testing.assert_array_equal(np.asarray(back.dataobj), xyz)
+    np.testing.assert_allclose(back.affine, affine)
+    with pytest.raises(InputError, match="outside the volume"):
+        select_slice(image, 6)
+
+
+def test_rgb_png_is_2d_and_jpeg_masks_are_refused(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(tmp_path / "rgb.png")
+    image = read_image(tmp_path / "rgb.png")
+    assert image.rgb and not image.is_volume and select_slice(image, None).shape == (10, 12, 3)
+    with pytest.raises(InputError, match="JPEG is lossy"):
+        write_array(tmp_path / "mask.jpg", np.ones((4, 4), bool))
