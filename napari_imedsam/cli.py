@@ -53,9 +53,12 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return load_model(args.model, input_size=args.input_size, device=args.device, adapters=args.adapters)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = load_model(args.model, input_size=args.input_size, device=args.device, adapters=args.adapters)
+    for warning in caught:
+        print(f"imedsam: warning: {warning.message}", file=sys.stderr)
+    return loaded
 
 
 def cmd_info(args: argparse.Namespace) -> int:

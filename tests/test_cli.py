@@ -101,6 +101,11 @@ def test_unreadable_and_4d_images_are_refused(tmp_path, model_file, capsys):
     assert "choose one with --slice" in capsys.readouterr().err
 
 
+def test_untrained_config_is_announced(capsys):
+    assert main(["info", "--model", "tiny"]) == 0
+    assert "imedsam: warning: model 'tiny': untrained weights" in capsys.readouterr().err
+
+
 def test_missing_model_file_is_one_clear_error(tmp_path, capsys):
     image = tmp_path / "image.png"
     Image.fromarray(np.zeros((20, 20), np.uint8)).save(image)
