@@ -19,9 +19,12 @@ venv: $(VENV)/.installed
 demo: venv
 	$(PY) -m napari_imedsam.demo
 
+# GUI tests need a display: without one, they run under Xvfb (xvfb-run) when it is installed.
 test: venv
 	$(PY) -m ruff check napari_imedsam src_train tests benchmarks
-	$(PY) -m pytest -q
+	@if [ -z "$$DISPLAY" ] && command -v xvfb-run >/dev/null; then \
+		echo "no DISPLAY: running the tests under xvfb-run"; xvfb-run -a $(PY) -m pytest -q; \
+	else $(PY) -m pytest -q; fi
 
 bench: venv
 	$(PY) benchmarks/bench_decode.py

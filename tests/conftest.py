@@ -70,3 +70,15 @@ def fitted():
     encoded = [EncodedExample(predictor.embed(image), mask) for image, mask in examples]
     losses = fit_decoder(loaded.network, encoded, steps=300, seed=0)
     return loaded, examples, losses
+
+
+def pytest_collection_modifyitems(config, items):
+    """GUI tests need a display (Xvfb in CI, via xvfb-run); skip them clearly without one."""
+    import os
+
+    if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+        return
+    skip = pytest.mark.skip(reason="no display: run under xvfb-run (make test does)")
+    for item in items:
+        if "gui" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,54 @@
+"""napari sample data: CT slices with expert masks (CC BY 4.0) and a generated 3D phantom."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .io.phantoms import phantom_volume
+
+CT_DIR = Path(__file__).parent / "sample_data" / "ct_slices"
+CT_SAMPLES = {"ct_abdomen": "amos_0006_90", "ct_thorax": "s0114_111", "ct_pelvis": "s0619_32"}
+
+
+def load_ct_slice(stem: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(grey uint8 image, labels uint8, structure names) for one bundled CT slice, upright."""
+    image = np.asarray(Image.open(CT_DIR / "images" / f"{stem}.png"))[..., 0]
+    masks = sorted((CT_DIR / "masks").glob(f"{stem}_*.png"))
+    labels = np.zeros(image.shape, np.uint8)
+    names = []
+    for value, path in enumerate(masks, start=1):
+        labels[np.asarray(Image.open(path)) > 127] = value
+        names.append(path.stem[len(stem) + 1:])
+    if stem.startswith("amos"):  # stored upside down
+        image, labels = np.flipud(image).copy(), np.flipud(labels).copy()
+    return image, labels, names
+
+
+def _ct_layers(stem: str, title: str) -> list[tuple]:
+    image, labels, names = load_ct_slice(stem)
+    source = "AMOS (CC BY 4.0)" if stem.startswith("amos") else "TotalSegmentator (CC BY 4.0)"
+    meta = {"source": source, "structures": {i + 1: n for i, n in enumerate(names)}}
+    return [
+        (image, {"name": title, "metadata": meta}, "image"),
+        (labels, {"name": f"{title} expert masks", "visible": False, "metadata": meta}, "labels"),
+    ]
+
+
+def ct_abdomen() -> list[tuple]:
+    return _ct_layers(CT_SAMPLES["ct_abdomen"], "CT abdomen")
+
+
+def ct_thorax() -> list[tuple]:
+    return _ct_layers(CT_SAMPLES["ct_thorax"], "CT thorax")
+
+
+def phantom_3d() -> list[tuple]:
+    volume, labels = phantom_volume()
+    scale = (2.5, 0.8, 0.8)
+    return [
+        (volume, {"name": "phantom CT (HU)", "scale": scale, "contrast_limits": (-160, 240)}, "image"),
+        (labels, {"name": "phantom truth", "scale": scale, "visible": False}, "labels"),
+    ]
