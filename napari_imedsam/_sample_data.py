@@ -22,9 +22,9 @@ def load_ct_slice(stem: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     for value, path in enumerate(masks, start=1):
         labels[np.asarray(Image.open(path)) > 127] = value
         names.append(path.stem[len(stem) + 1:])
-    if stem.startswith("amos"):  # stored upside down
-        image, labels = np.flipud(image).copy(), np.flipud(labels).copy()
-    return image, labels, names
+    # All five slices are stored upside down (CT table and spine at the top; the data notes mention
+    # only the AMOS ones): flip them to the radiological convention, anterior up.
+    return np.flipud(image).copy(), np.flipud(labels).copy(), names
 
 
 def _ct_layers(stem: str, title: str) -> list[tuple]:
