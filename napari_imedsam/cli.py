@@ -1,4 +1,4 @@
-"""`imedsam` command line: info and predict (train/evaluate live in src_train)."""
+"""`imedsam` command line: info, predict, train and evaluate (the last two call src_train)."""
 
 from __future__ import annotations
 
@@ -108,6 +108,48 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from src_train.data import load_dataset
+    from src_train.trainer import TrainOptions, train
+
+    samples = load_dataset(args.data)
+    loaded = _load(args)
+    options = TrainOptions(mode=args.mode, epochs=args.epochs, max_seconds=args.max_seconds, seed=args.seed,
+                           batch_size=args.batch_size, n_points=args.points)
+    print(f"training {loaded.model_id} in {args.mode} mode on {len(samples)} samples from {args.data}")
+
+    def report(record: dict) -> None:
+        print(f"  epoch {record['epoch']:3d}  loss {record['loss']:.4f}  val Dice {record['val_dice']:.4f}  "
+              f"({record['seconds']:.0f} s)", flush=True)
+
+    result = train(loaded, samples, options, args.out, name=args.name, on_epoch=report,
+                   command="imedsam " + " ".join(sys.argv[1:]))
+    before, after = result.before.get("dice", float("nan")), result.after.get("dice", float("nan"))
+    print(f"validation Dice: before {before:.4f} -> after {after:.4f}; {result.steps} steps in {result.seconds:.0f} s")
+    print(f"saved {result.version_path}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from src_train.data import load_folder
+    from src_train.trainer import evaluate
+
+    size = _numbers(args.size, 2, "--size (H,W)", int) if args.size else None
+    samples = load_folder(args.images, args.masks)
+    loaded = _load(args)
+    metrics = evaluate(Predictor(loaded), samples, output_size=size)
+    if args.json:
+        for row in metrics["rows"]:
+            print(json.dumps(row))
+        print(json.dumps({k: v for k, v in metrics.items() if k != "rows"}))
+    else:
+        print(f"{loaded.model_id}: {metrics['n']} images, one tight box each: mean Dice {metrics['dice']:.4f}, "
+              f"IoU {metrics['iou']:.4f}, HD95 {metrics['hd95']:.2f} px (coarse Dice {metrics['coarse_dice']:.4f})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imedsam", description="I-MedSAM box-prompted medical image segmentation")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -129,6 +171,27 @@ def build_parser() -> argparse.ArgumentParser:
                          help="intensity: auto | mr | minmax | " + " | ".join(f"'{k}'" for k in CT_PRESETS)
                               + " | level,width")
     predict.set_defaults(func=cmd_predict)
+
+    train = sub.add_parser("train", help="fine-tune on an export or an images/ + masks/ folder")
+    _add_model_args(train)
+    train.add_argument("--data", required=True, help="export folder (prompts.jsonl) or folder with images/, masks/")
+    train.add_argument("--mode", default="decoder", choices=["decoder", "adapters", "full"])
+    train.add_argument("--out", required=True, help="output folder; versions go to OUT/adapters/NAME/vNNN")
+    train.add_argument("--name", default="default")
+    train.add_argument("--epochs", type=int, default=20)
+    train.add_argument("--max-seconds", type=float, default=None)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--batch-size", type=int, default=4)
+    train.add_argument("--points", type=int, default=1024, help="query points per sample and step")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="Dice / IoU / HD95 with one tight box per image")
+    _add_model_args(evaluate)
+    evaluate.add_argument("--images", required=True)
+    evaluate.add_argument("--masks", required=True)
+    evaluate.add_argument("--size", default=None, help="output size H,W (masks are resampled to it)")
+    evaluate.add_argument("--json", action="store_true", help="one JSON line per image, then the means")
+    evaluate.set_defaults(func=cmd_evaluate)
     return parser
 
 
@@ -136,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (InputError, CheckpointError, RuntimeError, MemoryError) as exc:
+    except (InputError, CheckpointError, ValueError, RuntimeError, MemoryError) as exc:
         print(f"imedsam: error: {exc}", file=sys.stderr)
         return 2
 

@@ -20,10 +20,15 @@ DECODER_GROUPS = ("prompt_encoder", "output_upscaling", "coarse_inr", "fine_inr"
 
 @dataclass
 class EncodedExample:
-    """One training slice after the (frozen) encoder: its embedding and its binary mask."""
+    """One training slice after the encoder: its embedding, binary mask and box (default: tight)."""
 
     embedding: Embedding
     mask: np.ndarray
+    box_xyxy: np.ndarray | None = None
+
+    @property
+    def box(self) -> np.ndarray:
+        return box_of_mask(self.mask) if self.box_xyxy is None else np.asarray(self.box_xyxy, float)
 
 
 def decoder_parameters(network: IMedSAM) -> list[torch.nn.Parameter]:
@@ -39,7 +44,7 @@ def make_batch(examples: Sequence[EncodedExample], rng: np.random.Generator, n_p
     for example in examples:
         geometry = example.embedding.geometry
         shape = example.mask.shape
-        box = jitter_box(box_of_mask(example.mask), shape, rng, box_jitter) if box_jitter else box_of_mask(example.mask)
+        box = jitter_box(example.box, shape, rng, box_jitter) if box_jitter else example.box
         region = region_around_box(box, shape)
         rc, target = sample_points(example.mask, region, n_points, boundary_fraction, rng)
         embeddings.append(example.embedding.tensor)

@@ -1,0 +1,104 @@
+"""Training samples: one (image slice, binary object mask, box) each, from an export or plain folders."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from napari_imedsam.io.export import read_prompts
+from napari_imedsam.io.images import read_image
+
+from .points import box_of_mask
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".nii", ".nii.gz", ".npy", ".bmp")
+
+
+@dataclass
+class Sample:
+    """One object to segment: the raw slice, its exact mask, and the box a user drew (or a tight one)."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    box_xyxy: np.ndarray
+    name: str
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else path.stem
+
+
+def _as_slice(array: np.ndarray) -> np.ndarray:
+    """Squeeze a NIfTI 2D slice stored as (1, H, W) to (H, W)."""
+    return array[0] if array.ndim == 3 and array.shape[0] == 1 else array
+
+
+def load_export(folder: str | os.PathLike) -> list[Sample]:
+    """Samples from an `export_slices` dataset: one per box in prompts.jsonl."""
+    folder = Path(folder)
+    samples = []
+    for row in read_prompts(folder):
+        case = row["case"]
+        labels = _as_slice(read_image(folder / "labelsTr" / f"{case}.nii.gz").data)
+        channels = [_as_slice(read_image(folder / "imagesTr" / f"{case}_{c:04d}.nii.gz").data)
+                    for c in range(int(row.get("channels", 1)))]
+        image = channels[0] if len(channels) == 1 else np.stack(channels, axis=-1)
+        mask = labels == row["label"]
+        if mask.any():
+            samples.append(Sample(image, mask, np.asarray(row["box_xyxy"], float), f"{case}:{row['label']}"))
+    return samples
+
+
+def load_folder(images: str | os.PathLike, masks: str | os.PathLike) -> list[Sample]:
+    """Samples from plain folders: each image with the mask of the same name (>0 = object), tight box."""
+    images, masks = Path(images), Path(masks)
+    mask_files = {_stem(p): p for p in masks.iterdir() if p.name.lower().endswith(IMAGE_SUFFIXES)}
+    samples = []
+    for path in sorted(images.iterdir()):
+        if not path.name.lower().endswith(IMAGE_SUFFIXES) or _stem(path) not in mask_files:
+            continue
+        image = _as_slice(read_image(path).data)
+        mask_data = _as_slice(read_image(mask_files[_stem(path)]).data)
+        mask = (mask_data[..., 0] if mask_data.ndim == 3 else mask_data) > (127 if mask_data.dtype == np.uint8 else 0)
+        if mask.any():
+            samples.append(Sample(image, mask, box_of_mask(mask), _stem(path)))
+    if not samples:
+        raise ValueError(f"no image in {images} has a non-empty mask of the same name in {masks}")
+    return samples
+
+
+def load_dataset(folder: str | os.PathLike) -> list[Sample]:
+    """An export (has prompts.jsonl) or a folder with images/ and masks/ subfolders."""
+    folder = Path(folder)
+    if (folder / "prompts.jsonl").exists():
+        samples = load_export(folder)
+    elif (folder / "images").is_dir() and (folder / "masks").is_dir():
+        samples = load_folder(folder / "images", folder / "masks")
+    else:
+        raise ValueError(f"{folder}: expected an I-MedSAM export (prompts.jsonl) or images/ and masks/ folders")
+    if not samples:
+        raise ValueError(f"{folder}: no usable samples")
+    return samples
+
+
+def manifest_sha256(samples: list[Sample]) -> str:
+    """Fingerprint of the training data (names, pixels, masks, boxes) for checkpoint headers."""
+    digest = hashlib.sha256()
+    for sample in samples:
+        digest.update(sample.name.encode())
+        digest.update(np.ascontiguousarray(sample.image).tobytes())
+        digest.update(np.packbits(sample.mask).tobytes())
+        digest.update(json.dumps([float(v) for v in sample.box_xyxy]).encode())
+    return digest.hexdigest()
+
+
+def split(samples: list[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Deterministic train/validation split (at least one of each when there are two or more)."""
+    order = np.random.default_rng(seed).permutation(len(samples))
+    n_val = min(len(samples) - 1, max(1, round(val_fraction * len(samples)))) if len(samples) > 1 else 0
+    return [samples[i] for i in order[n_val:]], [samples[i] for i in order[:n_val]]
