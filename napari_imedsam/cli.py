@@ -108,10 +108,29 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _init_distributed() -> int:
+    """Under torchrun (WORLD_SIZE > 1): join the process group (NCCL on GPUs, gloo on CPUs)."""
+    import os
+
+    import torch
+    from torch import distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return int(os.environ.get("RANK", "0"))
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend)
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return dist.get_rank()
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    import hashlib
+
     from src_train.data import load_dataset
     from src_train.trainer import TrainOptions, train
 
+    rank = _init_distributed()  # "auto" then means this rank's GPU (set_device) or the CPU
     samples = load_dataset(args.data)
     loaded = _load(args)
     options = TrainOptions(mode=args.mode, epochs=args.epochs, max_seconds=args.max_seconds, seed=args.seed,
@@ -127,6 +146,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     before, after = result.before.get("dice", float("nan")), result.after.get("dice", float("nan"))
     print(f"validation Dice: before {before:.4f} -> after {after:.4f}; {result.steps} steps in {result.seconds:.0f} s")
     print(f"saved {result.version_path}")
+    digest = hashlib.sha256()
+    for key, value in sorted(loaded.network.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    print(f"rank {rank} final weights sha256 {digest.hexdigest()}")
     return 0
 
 

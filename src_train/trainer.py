@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import distributed as dist
+from torch import nn
 
 from napari_imedsam.inference.predictor import Embedding, Predictor
 from napari_imedsam.inference.preprocess import Geometry, normalize_intensity, to_model_input
@@ -101,6 +103,27 @@ def _trainable(network, mode: str, options: TrainOptions) -> list[dict]:
     return param_groups
 
 
+class TrainStep(nn.Module):
+    """One training forward as a module, so DistributedDataParallel can wrap it: `inputs` are
+    embeddings (decoder mode, frozen encoder) or pixels (adapters/full: the encoder trains too)."""
+
+    def __init__(self, network: nn.Module, encode: bool) -> None:
+        super().__init__()
+        self.network = network
+        self.encode = encode
+
+    def forward(self, inputs: torch.Tensor, boxes: torch.Tensor, extent: torch.Tensor, points: torch.Tensor):
+        embedding = self.network.encode(inputs) if self.encode else inputs
+        return self.network.forward_train(embedding, boxes, extent, points)
+
+
+def distributed_rank() -> tuple[int, int]:
+    """(rank, world size); (0, 1) outside torchrun."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def _pixels(sample: Sample, predictor: Predictor) -> tuple[torch.Tensor, Geometry]:
     geometry = Geometry(sample.image.shape[0], sample.image.shape[1], predictor.network.config.encoder.img_size)
     return to_model_input(normalize_intensity(sample.image), geometry), geometry
@@ -112,8 +135,9 @@ def train(loaded: LoadedModel, samples: list[Sample], options: TrainOptions, out
     """Fit, validate each epoch, keep the best weights and save them as a new version."""
     if options.mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {options.mode!r}")
-    torch.manual_seed(options.seed)
-    rng = np.random.default_rng(options.seed)
+    rank, world = distributed_rank()
+    torch.manual_seed(options.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
+    rng = np.random.default_rng(options.seed + rank)  # each rank draws its own batches
     network = loaded.network
     train_set, val_set = split(samples, options.val_fraction, options.seed)
     predictor = Predictor(loaded)
@@ -129,6 +153,9 @@ def train(loaded: LoadedModel, samples: list[Sample], options: TrainOptions, out
         for p in group["params"]:
             p.requires_grad_(True)
     optimizer = torch.optim.AdamW(param_groups)
+    step_module: nn.Module = TrainStep(network, encode=not frozen_encoder)
+    if world > 1:  # gradients are averaged across ranks by DDP
+        step_module = nn.parallel.DistributedDataParallel(step_module, find_unused_parameters=True)
     steps_per_epoch = max(1, math.ceil(len(train_set) / options.batch_size))
     total_steps = steps_per_epoch * options.epochs
     best_state, best_dice, history = None, -1.0, []
@@ -140,13 +167,11 @@ def train(loaded: LoadedModel, samples: list[Sample], options: TrainOptions, out
             chosen = rng.integers(0, len(train_set), options.batch_size)
             if frozen_encoder:
                 batch_examples = [encoded[i] for i in chosen]
-            else:
-                images = torch.cat([pixels[i][0] for i in chosen]).to(loaded.device)
-                embeddings = network.encode(images)
-                batch_examples = [EncodedExample(Embedding(embeddings[j:j + 1], pixels[i][1], ()), train_set[i].mask,
-                                                 train_set[i].box_xyxy) for j, i in enumerate(chosen)]
+            else:  # pixels stand in for embeddings; TrainStep encodes them with gradients
+                batch_examples = [EncodedExample(Embedding(pixels[i][0], pixels[i][1], ()), train_set[i].mask,
+                                                 train_set[i].box_xyxy) for i in chosen]
             batch = make_batch(batch_examples, rng, options.n_points, device=loaded.device)
-            outputs = network.forward_train(batch["embedding"], batch["boxes"], batch["extent"], batch["points"])
+            outputs = step_module(batch["embedding"], batch["boxes"], batch["extent"], batch["points"])
             loss = imedsam_loss(outputs, batch["labels"], progress=step / max(1, total_steps - 1))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -182,10 +207,16 @@ def train(loaded: LoadedModel, samples: list[Sample], options: TrainOptions, out
               "metrics": {k: after.get(k) for k in ("dice", "iou", "hd95", "coarse_dice")},
               "metrics_before": {k: before.get(k) for k in ("dice", "iou", "hd95")},
               "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cancelled": cancelled}
-    path = next_version_path(Path(out_dir) / "adapters" / name)
-    if options.mode == "full":
-        save_model(network, path, header)
-    else:
-        save_adapters(network, path, header)
+    folder = Path(out_dir) / "adapters" / name
+    if rank == 0:
+        path = next_version_path(folder)
+        if options.mode == "full":
+            save_model(network, path, header)
+        else:
+            save_adapters(network, path, header)
+    if world > 1:
+        dist.barrier()
+    if rank != 0:
+        path = max(folder.glob("v*.safetensors"))
     loaded.adapter_version = str(path)
     return TrainReport(path, before, after, history, step, time.perf_counter() - start, cancelled)
