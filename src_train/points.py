@@ -5,6 +5,10 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from napari_imedsam.inference.preprocess import box_of_mask
+
+__all__ = ["box_of_mask", "jitter_box", "sample_points"]
+
 
 def sample_points(mask: np.ndarray, region: tuple[int, int, int, int], n_points: int,
                   boundary_fraction: float, rng: np.random.Generator, jitter: float = 2.0
@@ -42,11 +46,3 @@ def jitter_box(box_xyxy: np.ndarray, shape_hw: tuple[int, int], rng: np.random.G
     x0, y0, x1, y1 = box_xyxy
     return np.array([max(0.0, x0 - push[0]), max(0.0, y0 - push[1]),
                      min(width - 1.0, x1 + push[2]), min(height - 1.0, y1 + push[3])])
-
-
-def box_of_mask(mask: np.ndarray) -> np.ndarray:
-    """Tight box (x0, y0, x1, y1) around a mask: (col_min, row_min, col_max, row_max)."""
-    rows, cols = np.nonzero(mask)
-    if rows.size == 0:
-        raise ValueError("empty mask has no box")
-    return np.array([cols.min(), rows.min(), cols.max(), rows.max()], dtype=np.float64)

@@ -146,6 +146,14 @@ def box_to_corners_rc(box_xyxy: np.ndarray) -> np.ndarray:
     return np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]])
 
 
+def box_of_mask(mask: np.ndarray) -> np.ndarray:
+    """Tight box (x0, y0, x1, y1) around a mask: (col_min, row_min, col_max, row_max)."""
+    rows, cols = np.nonzero(mask)
+    if rows.size == 0:
+        raise InputError("an empty mask has no box")
+    return np.array([cols.min(), rows.min(), cols.max(), rows.max()], dtype=np.float64)
+
+
 def validate_box(box_xyxy: np.ndarray, shape_hw: tuple[int, int]) -> np.ndarray:
     """Clip a box to the image; reject boxes that miss it or have no area."""
     box = np.asarray(box_xyxy, dtype=np.float64).reshape(-1)

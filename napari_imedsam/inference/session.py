@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..io.export import ExportSlice
 from .predictor import Prediction, Predictor
-from .preprocess import InputError, IntensityWindow
+from .preprocess import InputError, IntensityWindow, box_of_mask
 
 
 @dataclass
@@ -69,6 +70,7 @@ class AnnotationSession:
         self._written: dict[tuple[int | None, int], np.ndarray] = {}  # model-written pixels per object
         self.undo_stack: list[LabelPatch] = []
         self.accepted: set[int | None] = set()
+        self.exported: set[int | None] = set()
 
     # ---- slices -----------------------------------------------------------------------------
     @property
@@ -169,6 +171,29 @@ class AnnotationSession:
         if not self._slice_of(self.labels, z).any():
             raise InputError("this slice has no labels to accept")
         self.accepted.add(z)
+
+    def pending_exports(self, source: str = "", axis: int | None = None,
+                        spacing: tuple[float, float] | None = None) -> list[ExportSlice]:
+        """Accepted slices not exported yet, with the box of each object (the user's, or a tight one
+        for objects that were only painted). Call `mark_exported` once they are written."""
+        items = []
+        model = self.predictor.model
+        for z in sorted(self.accepted - self.exported, key=lambda v: -1 if v is None else v):
+            labels = self.slice_labels(z).copy()
+            boxes = {}
+            for value in np.unique(labels):
+                if value == 0:
+                    continue
+                result = self.results.get((z, int(value)))
+                boxes[int(value)] = (result.box_xyxy if result is not None
+                                     else box_of_mask(labels == value)).tolist()
+            items.append(ExportSlice(np.asarray(self.slice_image(z)).copy(), labels, boxes, source=source,
+                                     slice_index=z, axis=axis, model=model.model_id,
+                                     adapter_version=model.adapter_version, spacing=spacing))
+        return items
+
+    def mark_exported(self, items: list[ExportSlice]) -> None:
+        self.exported.update(item.slice_index for item in items)
 
     def next_uncertain_slice(self, current: int | None = None) -> int | None:
         """The not-yet-accepted slice whose results have the highest mean uncertainty in their box."""

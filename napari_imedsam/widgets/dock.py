@@ -7,23 +7,28 @@ the annotation rules. Every model call runs in a napari thread worker.
 
 from __future__ import annotations
 
+import copy
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import napari
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton, create_widget
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton, SpinBox, create_widget
 from napari.layers import Image, Labels, Shapes
-from napari.layers.base._base_constants import ActionType
 from napari.qt.threading import create_worker
+from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from ..inference.predictor import Predictor
 from ..inference.preprocess import CT_PRESETS, MR_PERCENTILES, IntensityWindow, box_from_corners_rc
 from ..inference.session import AnnotationSession, ObjectResult
+from ..io.export import export_slices
 from ..model.registry import REGISTRY, LoadedModel, load_model
+from ..model.weights import trainable_state
 
 BOXES, LABELS = "I-MedSAM boxes", "I-MedSAM labels"
 COARSE, UNCERTAINTY = "I-MedSAM coarse probability", "I-MedSAM uncertainty"
@@ -37,6 +42,12 @@ class _Failure:
     """An error raised in a worker, carried back to the GUI thread as a value (one notification)."""
 
     message: str
+
+
+class _EpochSignal(QObject):
+    """Carries per-epoch training records from the worker thread to the GUI thread."""
+
+    epoch = Signal(dict)
 
 
 def _guarded(func, *args):
@@ -62,6 +73,11 @@ class IMedSAMWidget(QWidget):
         self._propagation = None
         self._prefetch = None
         self._connected: set[int] = set()  # ids of box layers whose events we listen to
+        self._versions: dict[str, tuple[dict, str]] = {}  # adapter version -> (trainable tensors, id)
+        self._finetune = None
+        self._finetune_cancelled = False
+        self._finetune_progress = None
+        self.last_report = None
 
         self.image_combo = create_widget(annotation=Image, label="image")
         self.model_combo = ComboBox(label="model", choices=[*REGISTRY, UNTRAINED_TINY, CHECKPOINT])
@@ -76,11 +92,19 @@ class IMedSAMWidget(QWidget):
         self.next_button = PushButton(text="Next uncertain slice [Shift-N]")
         self.accept_button = PushButton(text="Accept slice [Shift-A]")
         self.undo_button = PushButton(text="Undo last box result")
+        self.workdir = FileEdit(label="work folder", mode="d", value=str(Path.home() / "imedsam"))
+        self.export_button = PushButton(text="Export accepted slices")
+        self.epochs = SpinBox(label="epochs", value=30, min=1, max=2000)
+        self.finetune_button = PushButton(text="Fine-tune on accepted slices")
+        self.cancel_finetune_button = PushButton(text="Cancel fine-tuning", enabled=False)
+        self.version_combo = ComboBox(label="adapter version", choices=["base"])
         self.status = Label(value="Load a model, pick an image, then draw a box.")
         self.controls = Container(widgets=[
             self.image_combo, self.model_combo, self.checkpoint, self.device_combo, self.adapters,
             self.load_button, self.window_combo, self.show_uncertainty, self.propagate_button,
-            self.cancel_button, self.next_button, self.accept_button, self.undo_button, self.status,
+            self.cancel_button, self.next_button, self.accept_button, self.undo_button, self.workdir,
+            self.export_button, self.epochs, self.finetune_button, self.cancel_finetune_button, self.version_combo,
+            self.status,
         ])
         self.status.native.setWordWrap(True)
         layout = QVBoxLayout()
@@ -103,6 +127,10 @@ class IMedSAMWidget(QWidget):
         self.next_button.clicked.connect(self.next_uncertain_slice)
         self.accept_button.clicked.connect(self.accept_slice)
         self.undo_button.clicked.connect(self.undo)
+        self.export_button.clicked.connect(self.export_accepted)
+        self.finetune_button.clicked.connect(self.fine_tune)
+        self.cancel_finetune_button.clicked.connect(self.cancel_fine_tune)
+        self.version_combo.changed.connect(self.use_version)
         self.viewer.dims.events.current_step.connect(self._on_slice_changed)
         for key, action in (("Shift-U", lambda v: self.show_uncertainty.set_value(not self.show_uncertainty.value)),
                             ("Shift-N", lambda v: self.next_uncertain_slice()),
@@ -144,7 +172,10 @@ class IMedSAMWidget(QWidget):
         """Use an already loaded model (the widget's own Load button ends here too)."""
         self.model = loaded
         self.predictor = Predictor(loaded)
-        self._reset_session()
+        self._versions = {"base": (self._trainables(loaded), loaded.adapter_version)}
+        self.version_combo.choices = ["base"]
+        if self.session is not None:
+            self.session.predictor = self.predictor
         self._set_status(f"Model {loaded.model_id} ready on {loaded.device}. Draw a box on the image.")
         self._prefetch_embeddings()
 
@@ -224,8 +255,10 @@ class IMedSAMWidget(QWidget):
         if labels.data.shape != shape:
             raise ValueError(f"'{LABELS}' has shape {labels.data.shape}, the image {shape}: rename or remove it")
         axis = self._slice_axis(layer)
-        key = (id(layer), axis, self.window_combo.value, id(self.predictor), id(labels.data))
-        if self.session is None or self._session_key != key:
+        key = (id(layer), axis, self.window_combo.value, id(labels.data))
+        if self.session is not None and self._session_key == key:
+            self.session.predictor = self.predictor  # a model change keeps the annotation state
+        else:
             edited = self._user_edited.setdefault(id(labels.data), np.zeros(shape, bool))
             move = (lambda a: a) if axis is None else (lambda a: np.moveaxis(a, axis, 0))
             image = np.asarray(layer.data) if axis is None else np.moveaxis(np.asarray(layer.data), axis, 0)
@@ -237,7 +270,7 @@ class IMedSAMWidget(QWidget):
 
     # ---- boxes -------------------------------------------------------------------------------------
     def _on_boxes_changed(self, event) -> None:
-        if event.action not in (ActionType.ADDED, ActionType.CHANGED) or not event.data_indices:
+        if str(event.action) not in ("added", "changed") or not event.data_indices:  # not while dragging
             return
         boxes = self.viewer.layers[BOXES]
         index = int(event.data_indices[-1])
@@ -436,8 +469,120 @@ class IMedSAMWidget(QWidget):
                 _guarded(session.embed, s)
                 yield s
 
-        self._prefetch = create_worker(run)
-        self._prefetch.start()
+        worker = create_worker(run)
+        worker.finished.connect(lambda: self._prefetch is worker and setattr(self, "_prefetch", None))
+        self._prefetch = worker
+        worker.start()
+
+    # ---- export and fine-tuning ----------------------------------------------------------------------
+    def export_dir(self) -> Path:
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.image_layer.name) if self.image_layer is not None else "image"
+        return Path(self.workdir.value) / "exports" / name
+
+    def export_accepted(self) -> list[str]:
+        """Append the accepted slices not exported yet to the work folder's export (nnU-Net layout)."""
+        try:
+            session = self.ensure_session()
+            layer = self.image_layer
+            axis = self._slice_axis(layer)
+            in_plane = [a for a in range(len(self._spatial_shape(layer))) if a != axis]
+            spacing = tuple(float(layer.scale[a]) for a in in_plane[-2:])
+            source = str(layer.source.path or layer.metadata.get("source_path") or layer.name)
+            items = session.pending_exports(source=source, axis=axis, spacing=spacing)
+            if not items:
+                raise ValueError("no new accepted slices to export: accept corrected slices first")
+            cases = export_slices(self.export_dir(), items)
+        except (ValueError, OSError) as exc:
+            self._error(str(exc))
+            return []
+        session.mark_exported(items)
+        self._set_status(f"Exported {len(cases)} slice(s) to {self.export_dir()}")
+        return cases
+
+    @staticmethod
+    def _trainables(loaded: LoadedModel) -> dict:
+        return {k: v.clone() for k, v in trainable_state(loaded.network).items()}
+
+    def fine_tune(self) -> None:
+        """Export what is new, then train a copy of the model in a worker; load the result when done."""
+        from src_train.data import load_export
+        from src_train.trainer import TrainOptions, train
+
+        if self._finetune is not None:
+            self._error("fine-tuning is already running")
+            return
+        try:
+            session = self.ensure_session()
+            if session.accepted - session.exported:
+                if not self.export_accepted():
+                    return
+            samples = load_export(self.export_dir()) if self.export_dir().exists() else []
+            if len(samples) < 2:
+                raise ValueError("fine-tuning needs at least 2 accepted objects (one is held back to measure Dice)")
+        except (ValueError, OSError) as exc:
+            self._error(str(exc))
+            return
+        mode = "decoder" if self.model.device.type == "cpu" else "adapters"
+        if mode == "decoder":
+            show_info("No GPU: fine-tuning the decoder only (prompt encoder, upscaling, INRs); "
+                      "the encoder stays frozen.")
+        candidate = copy.deepcopy(self.model)
+        options = TrainOptions(mode=mode, epochs=int(self.epochs.value), seed=0)
+        signal = _EpochSignal()
+        signal.epoch.connect(self._on_epoch)
+        self._finetune_cancelled = False
+        self._finetune_progress = progress(total=options.epochs, desc="Fine-tuning")
+        name = self.export_dir().name
+        self._finetune = create_worker(_guarded, train, candidate, samples, options, self.workdir.value, name,
+                                       signal.epoch.emit, lambda: self._finetune_cancelled)
+        self._finetune.returned.connect(lambda report: self._on_finetuned(report, candidate))
+        self._finetune.finished.connect(self._on_finetune_finished)
+        self._finetune_signal = signal  # keep the QObject alive while the worker runs
+        self.cancel_finetune_button.enabled = True
+        self._set_status(f"Fine-tuning ({mode} mode) on {len(samples)} accepted objects…")
+        self._finetune.start()
+
+    def _on_epoch(self, record: dict) -> None:
+        if self._finetune_progress is not None:
+            self._finetune_progress.set_description(
+                f"Fine-tuning: epoch {record['epoch']}, loss {record['loss']:.3f}, val Dice {record['val_dice']:.3f}")
+            self._finetune_progress.update(1)
+        self._set_status(f"Epoch {record['epoch']}: loss {record['loss']:.3f}, "
+                         f"Dice on held-back slices {record['val_dice']:.3f}")
+
+    def cancel_fine_tune(self) -> None:
+        self._finetune_cancelled = True  # the trainer stops after the current epoch and keeps the best so far
+
+    def _on_finetuned(self, report, candidate: LoadedModel) -> None:
+        if isinstance(report, _Failure):
+            self._error(report.message)
+            return
+        self.last_report = report
+        version = f"{report.version_path.parent.name}/{report.version_path.stem}"
+        self._versions[version] = (self._trainables(candidate), str(report.version_path))
+        self.version_combo.choices = list(self._versions)
+        self.version_combo.value = version  # loads it (see use_version)
+        message = (f"Dice on held-back accepted slices: before {report.before.get('dice', float('nan')):.3f} -> "
+                   f"after {report.after.get('dice', float('nan')):.3f}. Loaded {version}"
+                   + (" (cancelled early)" if report.cancelled else ""))
+        show_info(message)
+        self._set_status(message)
+
+    def _on_finetune_finished(self) -> None:
+        if self._finetune_progress is not None:
+            self._finetune_progress.close()
+        self._finetune_progress = None
+        self._finetune = None
+        self.cancel_finetune_button.enabled = False
+
+    def use_version(self, version: str) -> None:
+        """Switch the live model to an adapter version (`base` restores the weights before fine-tuning)."""
+        if self.model is None or version not in self._versions:
+            return
+        state, version_id = self._versions[version]
+        self.model.network.load_state_dict(state, strict=False)
+        self.model.adapter_version = version_id  # new embedding cache key: nothing stale is reused
+        self._set_status(f"Using adapter version {version}.")
 
     # ---- messages ------------------------------------------------------------------------------------
     def _set_status(self, text: str) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from napari_imedsam.inference.predictor import Predictor
 from napari_imedsam.io.phantoms import ellipse_phantoms
@@ -161,3 +162,46 @@ def test_sample_data_opens_from_the_manifest(make_napari_viewer):
     assert viewer.layers["CT abdomen expert masks"].data.max() >= 3
     viewer.open_sample("napari-imedsam", "phantom_3d")
     assert viewer.layers["phantom CT (HU)"].data.ndim == 3
+
+
+def test_fine_tune_button_trains_reports_loads_and_reverts(docked, qtbot, tmp_path, monkeypatch):
+    viewer, widget, fitted_model = docked
+    import copy
+
+    loaded = copy.deepcopy(fitted_model)  # this test changes weights: keep the shared fixture intact
+    infos = []
+    monkeypatch.setattr("napari_imedsam.widgets.dock.show_info", infos.append)
+    volume, truth = tube_volume()
+    viewer.add_image(volume, name="tube")
+    widget.set_model(loaded)
+    widget.workdir.value = str(tmp_path)
+    widget.epochs.value = 3
+    widget.ensure_layers()
+    middle = volume.shape[0] // 2
+    widget.go_to_slice(middle)
+    x0, y0, x1, y1 = box_of_mask(truth[middle])
+    label = draw_box(viewer, widget, qtbot, [[middle, y0, x0], [middle, y0, x1], [middle, y1, x1], [middle, y1, x0]])
+    viewer.layers["I-MedSAM labels"].selected_label = label
+    widget.propagate()
+    qtbot.waitUntil(lambda: widget._propagation is None, timeout=60000)
+    for z in (middle - 1, middle, middle + 1):
+        widget.go_to_slice(z)
+        widget.accept_slice()
+    base_state = {k: v.clone() for k, v in loaded.network.state_dict().items()}
+
+    widget.fine_tune()
+    qtbot.waitUntil(lambda: widget._finetune is None, timeout=120000)
+    report = widget.last_report
+    assert report is not None and report.version_path.exists()
+    assert (tmp_path / "exports" / "tube" / "dataset.json").exists()
+    assert len(list((tmp_path / "exports" / "tube" / "labelsTr").iterdir())) == 3
+    assert any(m.startswith("No GPU: fine-tuning the decoder only") for m in infos)
+    assert any(m.startswith("Dice on held-back accepted slices: before") for m in infos)
+    assert widget.version_combo.choices == ("base", "tube/v001")
+    assert loaded.adapter_version == str(report.version_path)  # loaded automatically
+    changed = [k for k, v in loaded.network.state_dict().items() if not torch.equal(v, base_state[k])]
+    assert changed and all("inr" in k or "prompt_encoder" in k or "upscaling" in k for k in changed)
+
+    widget.version_combo.value = "base"  # restore the previous version from the picker
+    for key, value in loaded.network.state_dict().items():
+        assert torch.equal(value, base_state[key]), key
