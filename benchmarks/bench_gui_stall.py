@@ -41,10 +41,51 @@ def worst_stall_ms(stamps: list[float]) -> float:
     return max(0.0, float(np.max(np.diff(stamps))) * 1e3 - 5.0) if len(stamps) > 1 else float("nan")
 
 
+def measure_training_stalls(loaded, seconds: float = 20.0) -> dict:
+    """Worst GUI stall while the same decoder-mode fine-tuning runs in a thread worker, then in a
+    subprocess (`imedsam train`), each for `seconds`."""
+    import copy
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from napari.qt.threading import create_worker
+
+    from napari_imedsam.io.export import ExportSlice, export_slices
+    from napari_imedsam.io.phantoms import ellipse_phantoms
+    from src_train.data import load_export
+    from src_train.points import box_of_mask
+    from src_train.trainer import TrainOptions, train
+
+    folder = Path(tempfile.mkdtemp())
+    export_slices(folder / "data", [ExportSlice(i, m.astype(np.int32), {1: box_of_mask(m)})
+                                    for i, m in ellipse_phantoms(12, size=256)])
+    samples = load_export(folder / "data")
+    options = TrainOptions(mode="decoder", epochs=100_000, max_seconds=seconds)
+    done = []
+    worker = create_worker(train, copy.deepcopy(loaded), samples, options, folder / "thread")
+    worker.finished.connect(lambda: done.append(True))
+    worker.start()
+    thread_stamps = run_event_loop(seconds + 60, until=lambda: bool(done))
+    model_file = folder / "model.safetensors"
+    from napari_imedsam.model.weights import save_model
+
+    save_model(loaded.network, model_file, {"note": "benchmark"})
+    process = subprocess.Popen([sys.executable, "-m", "napari_imedsam.cli", "train", "--model", str(model_file),
+                                "--data", str(folder / "data"), "--out", str(folder / "process"), "--epochs",
+                                "100000", "--max-seconds", str(seconds), "--device", "cpu"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process_stamps = run_event_loop(seconds + 60, until=lambda: process.poll() is not None)
+    return {"train_seconds": seconds, "worst_stall_training_thread_ms": worst_stall_ms(thread_stamps),
+            "worst_stall_training_subprocess_ms": worst_stall_ms(process_stamps)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="vit_b", help="config or checkpoint (default: vit_b architecture)")
     parser.add_argument("--input-size", type=int, default=None)
+    parser.add_argument("--training", action="store_true", help="also compare fine-tuning in a thread vs a process")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -90,14 +131,19 @@ def main() -> None:
                                      and widget._pending_box is None and not np.array_equal(labels.data, b))
         latencies.append(time.perf_counter() - edit_time)
     box_stall = worst_stall_ms(box_stamps)
+    training = measure_training_stalls(loaded) if args.training else {}
     row = {"model": args.model, "input_size": loaded.network.config.encoder.img_size, "image": "512x512",
            "embedding_s": embed_s, "worst_stall_during_embedding_ms": embed_stall,
            "box_to_labels_median_s": float(np.median(latencies)), "worst_stall_during_box_edits_ms": box_stall,
-           "debounce_ms": widget._debounce.interval()}
+           "debounce_ms": widget._debounce.interval(), **training}
     print(f"napari event loop, {args.model} at {row['input_size']} px, 512x512 slice:")
     print(f"  embedding in a worker took {embed_s:.2f} s; worst GUI stall meanwhile {embed_stall:.0f} ms")
     print(f"  8 box edits: box -> labels {row['box_to_labels_median_s'] * 1e3:.0f} ms median "
           f"(incl. {row['debounce_ms']} ms debounce); worst GUI stall {box_stall:.0f} ms")
+    if training:
+        print(f"  fine-tuning (decoder mode, {training['train_seconds']:.0f} s) in a thread worker: worst stall "
+              f"{training['worst_stall_training_thread_ms']:.0f} ms; in a subprocess: "
+              f"{training['worst_stall_training_subprocess_ms']:.0f} ms")
     if args.json:
         print(json.dumps(row))
     viewer.close()
