@@ -205,3 +205,54 @@ def test_fine_tune_button_trains_reports_loads_and_reverts(docked, qtbot, tmp_pa
     widget.version_combo.value = "base"  # restore the previous version from the picker
     for key, value in loaded.network.state_dict().items():
         assert torch.equal(value, base_state[key]), key
+
+
+def test_moving_a_box_never_reencodes_and_neighbours_are_prefetched(docked, qtbot):
+    viewer, widget, loaded = docked
+    volume, truth = tube_volume()
+    viewer.add_image(volume, name="tube")
+    widget.set_model(loaded)
+    widget.ensure_layers()
+    middle = volume.shape[0] // 2
+    widget.go_to_slice(middle)
+    cache = widget.predictor.cache
+    qtbot.waitUntil(lambda: len(cache) == 3 and widget._prefetch is None, timeout=20000)  # slice and both neighbours
+    misses = cache.misses
+    x0, y0, x1, y1 = box_of_mask(truth[middle])
+    corners = np.array([[middle, y0, x0], [middle, y0, x1], [middle, y1, x1], [middle, y1, x0]], float)
+    label = draw_box(viewer, widget, qtbot, corners)
+    boxes = viewer.layers["I-MedSAM boxes"]
+    labels = viewer.layers["I-MedSAM labels"]
+    before = labels.data.copy()
+    boxes.data = [corners + [0, 0, 6]]  # the user drags the box 6 px to the right
+    qtbot.waitUntil(lambda: widget._box_worker is None and not np.array_equal(labels.data, before), timeout=20000)
+    assert cache.misses == misses  # the encoder never ran again
+    assert (labels.data == label).any()
+
+
+def test_rgb_image_with_translate(docked, qtbot):
+    viewer, widget, loaded = docked
+    grey, mask = ellipse_phantoms(1, seed=11)[0]
+    rgb = (np.repeat(grey[..., None], 3, -1).clip(0, 1) * 255).astype(np.uint8)
+    viewer.add_image(rgb, name="rgb", rgb=True, translate=(40.0, -25.0))
+    widget.set_model(loaded)
+    boxes = widget.ensure_layers()[0]
+    assert tuple(boxes.translate) == (40.0, -25.0)
+    x0, y0, x1, y1 = box_of_mask(mask)
+    label = draw_box(viewer, widget, qtbot, [[y0, x0], [y1, x1]])  # data coordinates of the image
+    labels = viewer.layers["I-MedSAM labels"]
+    assert labels.data.shape == mask.shape and tuple(labels.translate) == (40.0, -25.0)
+    expected = Predictor(loaded).predict(rgb, (x0, y0, x1, y1)).refined_mask
+    np.testing.assert_array_equal(labels.data == label, expected)
+
+
+def test_missing_model_file_is_one_notification(docked, qtbot, tmp_path, monkeypatch):
+    viewer, widget, _ = docked
+    messages = []
+    monkeypatch.setattr("napari_imedsam.widgets.dock.show_error", messages.append)
+    widget.model_combo.value = "checkpoint file…"
+    widget.checkpoint.value = str(tmp_path / "missing.pth")
+    widget.load_selected_model()
+    qtbot.waitUntil(lambda: bool(messages), timeout=20000)
+    assert len(messages) == 1 and "missing.pth: no such model file" in messages[0]
+    assert widget.model is None
