@@ -50,6 +50,9 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
                         help="encoder input size in pixels (default: the config's; 512 for ViT-B)")
     parser.add_argument("--adapters", default=None, help="adapter file (.safetensors) to load on top")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    parser.add_argument("--zoom", action="store_true",
+                        help="encode the box plus a margin instead of the whole slice (default: as the model "
+                             "was trained; train: train on box crops)")
 
 
 def _load(args: argparse.Namespace):
@@ -94,7 +97,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     image = read_image(args.image)
     slice_2d = select_slice(image, args.slice)
     loaded = _load(args)
-    result = Predictor(loaded).predict(slice_2d, box, window=window, output_size=size, slice_index=args.slice)
+    result = Predictor(loaded, zoom=args.zoom or None).predict(slice_2d, box, window=window, output_size=size,
+                                                               slice_index=args.slice)
     volume_slice = args.slice if image.is_volume and size is None else None
     source = image if size is None else None
     write_array(args.out, result.refined_mask, source, volume_slice)
@@ -134,7 +138,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     samples = load_dataset(args.data)
     loaded = _load(args)
     options = TrainOptions(mode=args.mode, epochs=args.epochs, max_seconds=args.max_seconds, seed=args.seed,
-                           batch_size=args.batch_size, n_points=args.points)
+                           batch_size=args.batch_size, n_points=args.points, zoom=args.zoom)
     print(f"training {loaded.model_id} in {args.mode} mode on {len(samples)} samples from {args.data}")
 
     def report(record: dict) -> None:
@@ -163,7 +167,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     size = _numbers(args.size, 2, "--size (H,W)", int) if args.size else None
     samples = load_folder(args.images, args.masks)
     loaded = _load(args)
-    metrics = evaluate(Predictor(loaded), samples, output_size=size)
+    metrics = evaluate(Predictor(loaded, zoom=args.zoom or None), samples, output_size=size)
     if args.json:
         for row in metrics["rows"]:
             print(json.dumps(row))

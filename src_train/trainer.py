@@ -22,7 +22,7 @@ from torch import distributed as dist
 from torch import nn
 
 from napari_imedsam.inference.predictor import Embedding, Predictor
-from napari_imedsam.inference.preprocess import Geometry, normalize_intensity, to_model_input
+from napari_imedsam.inference.preprocess import UNIT, Geometry, normalize_intensity, to_model_input, zoom_region
 from napari_imedsam.model.registry import LoadedModel
 from napari_imedsam.model.weights import save_adapters, save_model
 
@@ -47,6 +47,8 @@ class TrainOptions:
     lr_decoder: float = 1e-3
     lr_encoder: float = 3e-4
     val_fraction: float = 0.2
+    zoom: bool = False  # train on box crops and predict with zoom (see Predictor)
+    zoom_margin: float = 0.25
 
 
 @dataclass
@@ -124,9 +126,21 @@ def distributed_rank() -> tuple[int, int]:
     return 0, 1
 
 
+def zoom_samples(samples: list[Sample], margin: float) -> list[Sample]:
+    """Each sample cropped to its box plus `margin`, after normalising the whole slice (as zoomed
+    inference does); the crops are (h, w, 3) floats in [0, 1], encoded with the `unit` window."""
+    cropped = []
+    for sample in samples:
+        r0, r1, c0, c1 = zoom_region(sample.box_xyxy, sample.mask.shape, margin)
+        cropped.append(Sample(normalize_intensity(sample.image)[r0:r1, c0:c1], sample.mask[r0:r1, c0:c1],
+                              sample.box_xyxy - np.array([c0, r0, c0, r0]), sample.name))
+    return cropped
+
+
 def _pixels(sample: Sample, predictor: Predictor) -> tuple[torch.Tensor, Geometry]:
     geometry = Geometry(sample.image.shape[0], sample.image.shape[1], predictor.network.config.encoder.img_size)
-    return to_model_input(normalize_intensity(sample.image), geometry), geometry
+    window = UNIT if predictor.zoom else None
+    return to_model_input(normalize_intensity(sample.image, window), geometry), geometry
 
 
 def train(loaded: LoadedModel, samples: list[Sample], options: TrainOptions, out_dir: str | Path,
@@ -140,12 +154,16 @@ def train(loaded: LoadedModel, samples: list[Sample], options: TrainOptions, out
     rng = np.random.default_rng(options.seed + rank)  # each rank draws its own batches
     network = loaded.network
     train_set, val_set = split(samples, options.val_fraction, options.seed)
+    loaded.zoom, loaded.zoom_margin = options.zoom, options.zoom_margin
     predictor = Predictor(loaded)
     before = evaluate(predictor, val_set) if val_set else {}
+    if options.zoom:
+        train_set = zoom_samples(train_set, options.zoom_margin)
 
     frozen_encoder = options.mode == "decoder"
     if frozen_encoder:
-        encoded = [EncodedExample(predictor.embed(s.image), s.mask, s.box_xyxy) for s in train_set]
+        window = UNIT if options.zoom else None
+        encoded = [EncodedExample(predictor.embed(s.image, window), s.mask, s.box_xyxy) for s in train_set]
     else:
         pixels = [_pixels(s, predictor) for s in train_set]
     param_groups = _trainable(network, options.mode, options)
@@ -206,7 +224,8 @@ def train(loaded: LoadedModel, samples: list[Sample], options: TrainOptions, out
               "n_train": len(train_set), "n_val": len(val_set), "command": command,
               "metrics": {k: after.get(k) for k in ("dice", "iou", "hd95", "coarse_dice")},
               "metrics_before": {k: before.get(k) for k in ("dice", "iou", "hd95")},
-              "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cancelled": cancelled}
+              "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cancelled": cancelled,
+              "inference": {"zoom": options.zoom, "zoom_margin": options.zoom_margin}}
     folder = Path(out_dir) / "adapters" / name
     if rank == 0:
         path = next_version_path(folder)

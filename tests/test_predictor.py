@@ -117,3 +117,21 @@ def test_wrong_dimensionality_is_refused():
 def test_rgb_uint16_and_float_images_are_accepted(image):
     result = Predictor(untrained()).predict(image, (10, 10, 50, 40))
     assert result.refined_prob.shape == (60, 80) and np.isfinite(result.refined_prob).all()
+
+
+def test_zoom_equals_predicting_on_the_normalised_crop(fitted):
+    from napari_imedsam.inference.preprocess import UNIT, normalize_intensity, zoom_region
+
+    loaded, examples, _ = fitted
+    image, mask = examples[3]
+    box = box_of_mask(mask)
+    zoomed = Predictor(loaded, zoom=True, zoom_margin=0.25).predict(image, box)
+    r0, r1, c0, c1 = zoom_region(box, image.shape, 0.25)
+    crop = normalize_intensity(image)[r0:r1, c0:c1]
+    local = Predictor(loaded).predict(crop, box - np.array([c0, r0, c0, r0]), window=UNIT)
+    np.testing.assert_array_equal(zoomed.refined_prob[r0:r1, c0:c1], local.refined_prob)
+    assert not zoomed.refined_prob[:r0].any() and not zoomed.refined_prob[:, c1:].any()
+    assert zoomed.refined_prob.shape == image.shape
+    doubled = Predictor(loaded, zoom=True).predict(image, box, output_size=(256, 256))
+    assert doubled.refined_prob.shape == (256, 256)
+    assert dice(resize(doubled.refined_mask.astype(float), image.shape, order=1) > 0.5, zoomed.refined_mask) > 0.9

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from napari_imedsam.cli import main
+from napari_imedsam.inference.predictor import Predictor
 from napari_imedsam.io.export import ExportSlice, export_slices, read_prompts
 from napari_imedsam.io.phantoms import ellipse_phantoms
 from napari_imedsam.model.weights import read_safetensors
@@ -192,3 +193,14 @@ def test_training_is_deterministic_with_a_seed(tmp_path):
         weights.append(loaded.network.state_dict())
     for key in weights[0]:
         assert torch.equal(weights[0][key], weights[1][key]), key
+
+
+def test_zoom_training_records_inference_mode_in_the_header(tmp_path):
+    export_slices(tmp_path / "data", phantom_slices(6))
+    samples = load_dataset(tmp_path / "data")
+    report = train(untrained(), samples, TrainOptions(mode="decoder", epochs=20, zoom=True), tmp_path / "out")
+    _, header = read_safetensors(report.version_path)
+    assert header["inference"] == {"zoom": True, "zoom_margin": 0.25}
+    assert report.after["dice"] > report.before["dice"]
+    reloaded = untrained("tiny", adapters=report.version_path)
+    assert reloaded.zoom and Predictor(reloaded).zoom  # used with zoom by default, as trained

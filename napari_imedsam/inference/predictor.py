@@ -16,6 +16,7 @@ from ..model.imedsam import BoxPrompt, IMedSAM
 from ..model.inr import CoarseOutput, refine_count
 from ..model.registry import LoadedModel
 from .preprocess import (
+    UNIT,
     Geometry,
     InputError,
     IntensityWindow,
@@ -26,6 +27,7 @@ from .preprocess import (
     scale_box,
     to_model_input,
     validate_box,
+    zoom_region,
 )
 
 POINT_CHUNK = 32768  # points per INR batch: bounds memory (hidden0 x chunk floats)
@@ -121,12 +123,17 @@ class Predictor:
     """
 
     def __init__(self, model: LoadedModel, cache_size: int = 16, margin: float = 0.1,
-                 coarse_cells: int = 48, seed: int = 0) -> None:
+                 coarse_cells: int = 48, seed: int = 0, zoom: bool | None = None,
+                 zoom_margin: float | None = None) -> None:
         self.model = model
         self.cache = EmbeddingCache(cache_size)
         self.margin = margin
         self.coarse_cells = coarse_cells
         self.seed = seed
+        # Zoom: encode the box plus a margin, resized to the encoder input, instead of the whole
+        # slice (small structures get the encoder's full resolution; one embedding per box).
+        self.zoom = model.zoom if zoom is None else zoom
+        self.zoom_margin = model.zoom_margin if zoom_margin is None else zoom_margin
 
     @property
     def network(self) -> IMedSAM:
@@ -165,8 +172,34 @@ class Predictor:
         """Segment the object in `box_xyxy` (x0, y0, x1, y1 in image pixels) of a 2D slice."""
         image = as_2d_image(image)
         box = validate_box(box_xyxy, image.shape[:2])
+        if self.zoom:
+            return self._predict_zoomed(image, box, window, output_size, slice_index, dense)
         embedding = self.embed(image, window, slice_index)
         return self.predict_embedding(embedding, box, output_size=output_size, dense=dense)
+
+    def _predict_zoomed(self, image: np.ndarray, box: np.ndarray, window: IntensityWindow | None,
+                        output_size: tuple[int, int] | None, slice_index: int | None, dense: bool) -> Prediction:
+        """Normalise the whole slice, encode only the box region, decode there, paste back."""
+        height, width = image.shape[:2]
+        out_h, out_w = output_size or (height, width)
+        r0, r1, c0, c1 = zoom_region(box, (height, width), self.zoom_margin)
+        crop = normalize_intensity(image, window)[r0:r1, c0:c1]
+        sy, sx = out_h / height, out_w / width
+        o_r0, o_c0 = int(round(r0 * sy)), int(round(c0 * sx))
+        o_r1 = max(o_r0 + 1, min(out_h, int(round(r1 * sy))))
+        o_c1 = max(o_c0 + 1, min(out_w, int(round(c1 * sx))))
+        embedding = self.embed(crop, UNIT, slice_index)
+        local = self.predict_embedding(embedding, box - np.array([c0, r0, c0, r0]), dense=dense,
+                                       output_size=(o_r1 - o_r0, o_c1 - o_c0))
+        maps = {}
+        for name in ("coarse_prob", "uncertainty", "refined_prob"):
+            full = np.zeros((out_h, out_w), np.float32)
+            full[o_r0:o_r1, o_c0:o_c1] = getattr(local, name)
+            maps[name] = full
+        lr0, lr1, lc0, lc1 = local.roi
+        return Prediction(box_xyxy=scale_box(box, (height, width), (out_h, out_w)),
+                          roi=(lr0 + o_r0, lr1 + o_r0, lc0 + o_c0, lc1 + o_c0),
+                          n_coarse_exact=local.n_coarse_exact, n_refined=local.n_refined, **maps)
 
     def prompt(self, embedding: Embedding, box_xyxy: np.ndarray) -> BoxPrompt:
         geometry = embedding.geometry

@@ -18,7 +18,8 @@ class IntensityWindow:
     """How raw intensities become [0, 1] before the encoder.
 
     mode: "auto" (uint8 as is, RGB as is, else percentiles), "window" (CT level/width),
-    "percentile" (MR: clip to the low/high percentiles), "minmax".
+    "percentile" (MR: clip to the low/high percentiles), "minmax", "unit" (already in [0, 1]:
+    a crop of a slice normalised as a whole).
     """
 
     mode: str = "auto"
@@ -38,6 +39,7 @@ CT_PRESETS: dict[str, IntensityWindow] = {
     "brain": IntensityWindow("window", level=40, width=80),
 }
 MR_PERCENTILES = IntensityWindow("percentile", low_percentile=0.5, high_percentile=99.5)
+UNIT = IntensityWindow("unit")
 
 
 def as_2d_image(image: np.ndarray) -> np.ndarray:
@@ -72,6 +74,8 @@ def normalize_intensity(image: np.ndarray, window: IntensityWindow | None = None
             mode = "percentile"
     if mode == "uint8":
         scaled = data / 255.0
+    elif mode == "unit":
+        scaled = data
     elif mode == "window":
         if window.width <= 0:
             raise InputError(f"window width must be positive, got {window.width}")
@@ -176,6 +180,15 @@ def scale_box(box_xyxy: np.ndarray, from_hw: tuple[int, int], to_hw: tuple[int, 
     sy, sx = to_hw[0] / from_hw[0], to_hw[1] / from_hw[1]
     x0, y0, x1, y1 = np.asarray(box_xyxy, dtype=np.float64)
     return np.array([(x0 + 0.5) * sx - 0.5, (y0 + 0.5) * sy - 0.5, (x1 + 0.5) * sx - 0.5, (y1 + 0.5) * sy - 0.5])
+
+
+def zoom_region(box_xyxy: np.ndarray, shape_hw: tuple[int, int], margin: float) -> tuple[int, int, int, int]:
+    """(row0, row1, col0, col1) end-exclusive: the box grown by `margin` of its size (at least 4 px)
+    on each side, clipped; what zoom mode encodes instead of the whole slice."""
+    x0, y0, x1, y1 = box_xyxy
+    pad_x, pad_y = max(4.0, margin * (x1 - x0)), max(4.0, margin * (y1 - y0))
+    return (max(0, int(np.floor(y0 - pad_y))), min(shape_hw[0], int(np.ceil(y1 + pad_y)) + 1),
+            max(0, int(np.floor(x0 - pad_x))), min(shape_hw[1], int(np.ceil(x1 + pad_x)) + 1))
 
 
 def region_around_box(box_xyxy: np.ndarray, shape_hw: tuple[int, int], margin: float = 0.1

@@ -97,6 +97,8 @@ class LoadedModel:
     weights_sha256: str
     adapter_version: str = "base"
     device: torch.device = torch.device("cpu")
+    zoom: bool = False  # how the weights were trained to be used (see Predictor); from the file header
+    zoom_margin: float = 0.25
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -114,23 +116,23 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def _load_file(path: Path, config_name: str | None, input_size: int | None) -> tuple[IMedSAM, str]:
+def _load_file(path: Path, config_name: str | None, input_size: int | None) -> tuple[IMedSAM, str, dict]:
     sha = sha256_of(path)
     if path.suffix == ".safetensors":
-        config, state, _ = read_model_file(path)
+        config, state, header = read_model_file(path)
         config = config.with_input_size(input_size) if input_size else config
         network = build_model(config)
         load_sam_weights(network, state, str(path))
         missing = [k for k in network.state_dict() if k not in state]
         if missing:
             raise CheckpointError(f"{path}: whole-model file lacks {len(missing)} tensors, e.g. {missing[:3]}")
-        return network, sha
+        return network, sha, header
     state = read_sam_state_dict(path)
     config = get_config(config_name) if config_name else infer_config(state, str(path))
     config = config.with_input_size(input_size) if input_size else config
     network = build_model(config)
     load_sam_weights(network, state, str(path))
-    return network, sha
+    return network, sha, {}
 
 
 def load_model(
@@ -158,22 +160,25 @@ def load_model(
             path = PACKAGE_DIR / "weights" / spec.filename
         else:
             path = download_checkpoint(spec.url, spec.known_hash, spec.filename, progress)
-        network, sha = _load_file(path, spec.config, input_size)
+        network, sha, header = _load_file(path, spec.config, input_size)
     elif key in CONFIGS and not Path(key).exists():
         warnings.warn(f"model {key!r}: untrained weights (a bare config)", stacklevel=2)
         config = get_config(key)
         network = build_model(config.with_input_size(input_size) if input_size else config)
-        sha = "untrained"
+        sha, header = "untrained", {}
     else:
         path = Path(key).expanduser()
         if not path.exists():
             known = ", ".join([*REGISTRY, *CONFIGS])
             raise CheckpointError(f"{key}: no such model file, and not a known model name ({known})")
-        network, sha = _load_file(path, config_name, input_size)
+        network, sha, header = _load_file(path, config_name, input_size)
     loaded = LoadedModel(network.eval(), key, sha, device=torch_device)
     if adapters is not None:
-        load_adapters(network, adapters, base_sha256=sha)
+        header = {**header, **load_adapters(network, adapters, base_sha256=sha)}
         loaded.adapter_version = str(adapters)
+    inference = header.get("inference") or {}
+    loaded.zoom = bool(inference.get("zoom", False))
+    loaded.zoom_margin = float(inference.get("zoom_margin", loaded.zoom_margin))
     network.requires_grad_(False)
     network.to(torch_device)
     return loaded
