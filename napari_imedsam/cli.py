@@ -12,10 +12,10 @@ import numpy as np
 from .inference.predictor import Predictor
 from .inference.preprocess import CT_PRESETS, MR_PERCENTILES, InputError, IntensityWindow
 from .io.images import read_image, select_slice, write_array
-from .model.registry import REGISTRY, load_model
+from .model.registry import REGISTRY, default_model, load_model
 from .model.weights import CheckpointError
 
-DEFAULT_MODEL = "sam_vit_b"
+DEFAULT_MODEL = default_model()
 
 
 def _numbers(text: str, count: int, what: str, cast=float) -> tuple:
@@ -88,15 +88,39 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_sample(name: str):
+    """`sample:ct_abdomen` (or ct_thorax) with `/STRUCTURE` (e.g. sample:ct_abdomen/liver_000): the
+    bundled CT slice, upright, and that structure's expert mask (None without a structure)."""
+    from ._sample_data import CT_SAMPLES, load_ct_slice
+    from .io.images import ImageData
+
+    key, _, structure = name[len("sample:"):].partition("/")
+    if key not in CT_SAMPLES:
+        raise InputError(f"unknown sample {key!r}; known: {', '.join(CT_SAMPLES)}")
+    image, labels, names = load_ct_slice(CT_SAMPLES[key])
+    if not structure:
+        return ImageData(image), None
+    if structure not in names:
+        raise InputError(f"sample {key} has no structure {structure!r}; it has: {', '.join(names)}")
+    return ImageData(image), labels == names.index(structure) + 1
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
-    box = np.array(_numbers(args.box, 4, "--box (x0,y0,x1,y1)"))
+    if args.box is None and not (args.image.startswith("sample:") and "/" in args.image):
+        raise InputError("--box x0,y0,x1,y1 is required (only sample:NAME/STRUCTURE boxes its own mask)")
     size = _numbers(args.size, 2, "--size (H,W)", int) if args.size else None
     if size is not None and min(size) < 1:
         raise InputError(f"--size must be positive, got {args.size}")
     window = parse_window(args.window)
-    image = read_image(args.image)
+    image, truth = read_sample(args.image) if args.image.startswith("sample:") else (read_image(args.image), None)
     slice_2d = select_slice(image, args.slice)
     loaded = _load(args)
+    if args.box is None:
+        from .inference.preprocess import box_of_mask
+
+        box = box_of_mask(truth)
+    else:
+        box = np.array(_numbers(args.box, 4, "--box (x0,y0,x1,y1)"))
     result = Predictor(loaded, zoom=args.zoom or None).predict(slice_2d, box, window=window, output_size=size,
                                                                slice_index=args.slice)
     volume_slice = args.slice if image.is_volume and size is None else None
@@ -109,6 +133,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     area = int(result.refined_mask.sum())
     print(f"wrote {args.out}: {area} mask pixels, mean uncertainty in box {result.mean_uncertainty_in_box:.4f}, "
           f"refined {result.n_refined} points")
+    if truth is not None and size is None:
+        from src_train.metrics import dice
+
+        print(f"Dice against the sample's expert mask: {dice(result.refined_mask, truth):.4f} "
+              f"(box {np.round(box).astype(int).tolist()})")
     return 0
 
 
@@ -138,7 +167,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     samples = load_dataset(args.data)
     loaded = _load(args)
     options = TrainOptions(mode=args.mode, epochs=args.epochs, max_seconds=args.max_seconds, seed=args.seed,
-                           batch_size=args.batch_size, n_points=args.points, zoom=args.zoom)
+                           batch_size=args.batch_size, n_points=args.points, zoom=args.zoom,
+                           augment=args.augment)
     print(f"training {loaded.model_id} in {args.mode} mode on {len(samples)} samples from {args.data}")
 
     def report(record: dict) -> None:
@@ -167,14 +197,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     size = _numbers(args.size, 2, "--size (H,W)", int) if args.size else None
     samples = load_folder(args.images, args.masks)
     loaded = _load(args)
-    metrics = evaluate(Predictor(loaded, zoom=args.zoom or None), samples, output_size=size)
+    metrics = evaluate(Predictor(loaded, zoom=args.zoom or None), samples, output_size=size, baselines=args.baselines)
     if args.json:
         for row in metrics["rows"]:
             print(json.dumps(row))
         print(json.dumps({k: v for k, v in metrics.items() if k != "rows"}))
     else:
         print(f"{loaded.model_id}: {metrics['n']} images, one tight box each: mean Dice {metrics['dice']:.4f}, "
-              f"IoU {metrics['iou']:.4f}, HD95 {metrics['hd95']:.2f} px (coarse Dice {metrics['coarse_dice']:.4f})")
+              f"IoU {metrics['iou']:.4f}, HD95 {metrics['hd95']:.2f} px; coarse Dice {metrics['coarse_dice']:.4f}; "
+              f"uncertainty AUROC for wrong pixels {metrics['uncertainty_auroc']:.3f}")
+        if args.baselines:
+            print(f"  baselines on the same boxes: box as mask Dice {metrics['box_dice']:.4f} "
+                  f"(HD95 {metrics['box_hd95']:.2f}), GrabCut Dice {metrics['grabcut_dice']:.4f} "
+                  f"(HD95 {metrics['grabcut_hd95']:.2f})")
     return 0
 
 
@@ -188,9 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = sub.add_parser("predict", help="segment the object in a box; write mask (+ uncertainty)")
     _add_model_args(predict)
-    predict.add_argument("--image", required=True, help="PNG/JPEG/TIFF/NIfTI/.npy image or volume")
+    predict.add_argument("--image", required=True,
+                         help="PNG/JPEG/TIFF/NIfTI/.npy image or volume, or a bundled sample: sample:ct_abdomen, "
+                              "sample:ct_abdomen/liver_000 (boxes that expert mask and reports Dice)")
     predict.add_argument("--slice", type=int, default=None, help="slice index along z for volumes")
-    predict.add_argument("--box", required=True, help="x0,y0,x1,y1 in image pixels (x = column, y = row)")
+    predict.add_argument("--box", default=None, help="x0,y0,x1,y1 in image pixels (x = column, y = row)")
     predict.add_argument("--out", required=True, help="mask file (.png, .tif, .nii.gz, .npy)")
     predict.add_argument("--uncertainty", default=None, help="also write the uncertainty map here")
     predict.add_argument("--coarse", default=None, help="also write the coarse probability here")
@@ -211,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--batch-size", type=int, default=4)
     train.add_argument("--points", type=int, default=1024, help="query points per sample and step")
+    train.add_argument("--augment", action="store_true", help="flips, turns, intensity jitter (adapters/full)")
     train.set_defaults(func=cmd_train)
 
     evaluate = sub.add_parser("evaluate", help="Dice / IoU / HD95 with one tight box per image")
@@ -219,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--masks", required=True)
     evaluate.add_argument("--size", default=None, help="output size H,W (masks are resampled to it)")
     evaluate.add_argument("--json", action="store_true", help="one JSON line per image, then the means")
+    evaluate.add_argument("--baselines", action="store_true",
+                          help="also score the box itself and GrabCut (OpenCV) on the same boxes")
     evaluate.set_defaults(func=cmd_evaluate)
     return parser
 

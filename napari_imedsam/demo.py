@@ -1,32 +1,32 @@
-"""`make demo`: the whole headless pipeline end to end, offline, on data with exact ground truth.
-
-With `--model NAME_OR_FILE` (e.g. `sam_vit_b` once its weights are in the cache) it segments the
-given image; without one it fits the tiny I-MedSAM decoder on generated phantoms (decoder mode,
-~20 s on 2 CPU cores), segments a phantom it never saw, and reports Dice against the exact mask.
-Either way it writes a panel PNG: image | coarse probability | uncertainty | refined mask.
+"""`make demo`: napari with a CT sample, the I-MedSAM widget docked, the bundled model loaded and a
+first box drawn; without a display (or with --headless) it segments sample structures and prints
+Dice against their expert masks, and writes a panel PNG (image | coarse | uncertainty | refined).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from .inference.predictor import Prediction, Predictor
-from .io.images import read_image, select_slice, write_atomic
-from .io.phantoms import ellipse_phantom, ellipse_phantoms
-from .model.registry import load_model
+from .inference.preprocess import box_of_mask, normalize_intensity
+from .io.images import write_atomic
+from .model.registry import default_model, load_model
+
+SAMPLE_STRUCTURES = [("ct_abdomen", "liver_000"), ("ct_abdomen", "spleen_000"), ("ct_abdomen", "aorta_000"),
+                     ("ct_thorax", "heart_ventricle_left_000"), ("ct_thorax", "vertebrae_T9_000")]
 
 
 def heat(values: np.ndarray) -> np.ndarray:
     """[0, 1] -> RGB 'hot' colour map (black, red, yellow, white)."""
     v = np.clip(values, 0.0, 1.0)[..., None]
-    return (np.concatenate([np.clip(3 * v, 0, 1), np.clip(3 * v - 1, 0, 1), np.clip(3 * v - 2, 0, 1)], -1) * 255)
+    return np.concatenate([np.clip(3 * v, 0, 1), np.clip(3 * v - 1, 0, 1), np.clip(3 * v - 2, 0, 1)], -1) * 255
 
 
 def panel(image01: np.ndarray, result: Prediction) -> np.ndarray:
@@ -47,63 +47,65 @@ def panel(image01: np.ndarray, result: Prediction) -> np.ndarray:
     return row.clip(0, 255).astype(np.uint8)
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2.0 * float((a & b).sum()) / max(1, int(a.sum() + b.sum()))
+def headless(model: str, out: Path) -> int:
+    from src_train.metrics import dice
+
+    from ._sample_data import CT_SAMPLES, load_ct_slice
+
+    loaded = load_model(model)
+    predictor = Predictor(loaded)
+    print(f"model {loaded.model_id} ({loaded.network.config.name}, zoom {'on' if predictor.zoom else 'off'})")
+    for sample, structure in SAMPLE_STRUCTURES:
+        image, labels, names = load_ct_slice(CT_SAMPLES[sample])
+        truth = labels == names.index(structure) + 1
+        start = time.perf_counter()
+        result = predictor.predict(image, box_of_mask(truth))
+        elapsed = time.perf_counter() - start
+        print(f"  {sample:10s} {structure:26s} Dice {dice(result.refined_mask, truth):.4f} "
+              f"(coarse {dice(result.coarse_prob > 0.5, truth):.4f}), {elapsed * 1e3:4.0f} ms, "
+              f"mean uncertainty in box {result.mean_uncertainty_in_box:.4f}")
+        if structure == "liver_000":
+            figure = out / "demo_panel.png"
+            tiles = panel(normalize_intensity(image)[..., 0], result)
+            write_atomic(figure, lambda tmp, t=tiles: Image.fromarray(t).save(tmp, format="PNG"))
+    print(f"wrote {out / 'demo_panel.png'} (image + box | coarse probability | uncertainty | refined mask)")
+    return 0
+
+
+def gui(model: str) -> int:
+    import napari
+
+    from ._sample_data import CT_SAMPLES, load_ct_slice
+    from .widgets.dock import IMedSAMWidget
+
+    viewer = napari.Viewer(title="napari-imedsam demo")
+    viewer.open_sample("napari-imedsam", "ct_abdomen")
+    widget = IMedSAMWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="I-MedSAM annotator")
+    widget.reset_choices()
+    widget.image_combo.value = viewer.layers["CT abdomen"]
+    widget.set_model(load_model(model))
+    _, labels, names = load_ct_slice(CT_SAMPLES["ct_abdomen"])
+    x0, y0, x1, y1 = box_of_mask(labels == names.index("liver_000") + 1)
+    widget.ensure_layers()[0].add_rectangles(np.array([[y0, x0], [y1, x1]]))  # a first box, on the liver
+    napari.run()
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="registry name or checkpoint; default: fit tiny on phantoms")
-    parser.add_argument("--image", default=None, help="image to segment with --model (default: a phantom)")
-    parser.add_argument("--box", default=None, help="x0,y0,x1,y1 for --image")
-    parser.add_argument("--slice", type=int, default=None)
-    parser.add_argument("--out", default="artifacts/demo", help="output folder (default artifacts/demo)")
+    parser.add_argument("--model", default=None, help="default: the bundled demo model")
+    parser.add_argument("--headless", action="store_true", help="no window: print Dice on sample structures")
+    parser.add_argument("--out", type=Path, default=Path("artifacts/demo"))
     args = parser.parse_args(argv)
-    out = Path(args.out)
-    torch.manual_seed(0)
-
-    truth = None
-    if args.model is None:
-        from src_train.fit import EncodedExample, fit_decoder
-        from src_train.points import box_of_mask
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            loaded = load_model("tiny")
-        predictor = Predictor(loaded)
-        start = time.perf_counter()
-        train = [EncodedExample(predictor.embed(i), m) for i, m in ellipse_phantoms(8, size=128, seed=0)]
-        losses = fit_decoder(loaded.network, train, steps=400, seed=0)
-        print(f"fitted the tiny I-MedSAM decoder on 8 phantoms: loss {losses[0]:.3f} -> {np.mean(losses[-20:]):.3f} "
-              f"in {time.perf_counter() - start:.1f} s")
-        image, truth = ellipse_phantom(128, np.random.default_rng(2024))
-        box = box_of_mask(truth)
-    else:
-        if not (args.image and args.box):
-            parser.error("--model needs --image and --box")
-        loaded = load_model(args.model)
-        predictor = Predictor(loaded)
-        image = select_slice(read_image(args.image), args.slice)
-        box = np.array([float(v) for v in args.box.split(",")])
-
-    start = time.perf_counter()
-    result = predictor.predict(image, box)
-    elapsed = time.perf_counter() - start
-    print(f"segmented box {np.round(box).astype(int).tolist()} in {elapsed * 1e3:.0f} ms (encoder included): "
-          f"{int(result.refined_mask.sum())} px, mean uncertainty in box {result.mean_uncertainty_in_box:.4f}")
-    if truth is not None:
-        dense = predictor.predict(image, box, dense=True)
-        print(f"Dice vs exact mask: refined {dice(result.refined_mask, truth):.4f}, "
-              f"coarse {dice(result.coarse_prob > 0.5, truth):.4f}; "
-              f"ROI vs dense decode agreement {(result.refined_mask == dense.refined_mask).mean():.4%}")
-    from .inference.preprocess import normalize_intensity
-
-    image01 = normalize_intensity(image)
-    image01 = image01[..., 0] if np.allclose(image01[..., 0], image01[..., 1]) else image01
-    figure = out / "demo_panel.png"
-    write_atomic(figure, lambda tmp: Image.fromarray(panel(image01, result)).save(tmp, format="PNG"))
-    print(f"wrote {figure} (image + box | coarse probability | uncertainty | refined mask)")
-    return 0
+    model = args.model or default_model()
+    has_display = bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    no_display = sys.platform.startswith("linux") and not has_display
+    if args.headless or no_display:
+        if not args.headless:
+            print("no display: running the headless demo (use a desktop session for the napari window)")
+        return headless(model, args.out)
+    return gui(model)
 
 
 if __name__ == "__main__":

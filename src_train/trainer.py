@@ -26,6 +26,7 @@ from napari_imedsam.inference.preprocess import UNIT, Geometry, normalize_intens
 from napari_imedsam.model.registry import LoadedModel
 from napari_imedsam.model.weights import save_adapters, save_model
 
+from .augment import augment
 from .data import Sample, manifest_sha256, split
 from .fit import DECODER_GROUPS, EncodedExample, make_batch
 from .losses import imedsam_loss
@@ -47,6 +48,7 @@ class TrainOptions:
     lr_decoder: float = 1e-3
     lr_encoder: float = 3e-4
     val_fraction: float = 0.2
+    augment: bool = False  # flips, turns, intensity jitter (modes that train the encoder)
     zoom: bool = False  # train on box crops and predict with zoom (see Predictor)
     zoom_margin: float = 0.25
 
@@ -63,8 +65,12 @@ class TrainReport:
 
 
 def evaluate(predictor: Predictor, samples: list[Sample], output_size: tuple[int, int] | None = None,
-             use_sample_boxes: bool = True) -> dict:
-    """Mean Dice / IoU / HD95 with one box per sample (its own box, or the tight box), plus per-sample rows."""
+             baselines: bool = False) -> dict:
+    """Mean Dice / IoU / HD95 with one box per sample, plus per-sample rows. Also: the coarse INR's
+    Dice, the AUROC of uncertainty for the refined mask's wrong pixels inside the box region, and
+    with `baselines` the box-as-mask and GrabCut Dice / HD95 on the same boxes."""
+    from .baselines import box_mask, grabcut_mask, uncertainty_auroc
+
     rows = []
     for sample in samples:
         truth = sample.mask
@@ -74,14 +80,24 @@ def evaluate(predictor: Predictor, samples: list[Sample], output_size: tuple[int
 
             truth = resize(truth.astype(np.float32), output_size, order=1) > 0.5
         prediction = result.refined_mask
-        rows.append({"name": sample.name, "dice": dice(prediction, truth), "iou": iou(prediction, truth),
-                     "hd95": hd95(prediction, truth), "coarse_dice": dice(result.coarse_prob > 0.5, truth)})
-    finite = [r["hd95"] for r in rows if math.isfinite(r["hd95"])]
-    return {"dice": float(np.mean([r["dice"] for r in rows])) if rows else float("nan"),
-            "iou": float(np.mean([r["iou"] for r in rows])) if rows else float("nan"),
-            "hd95": float(np.mean(finite)) if finite else float("inf"),
-            "coarse_dice": float(np.mean([r["coarse_dice"] for r in rows])) if rows else float("nan"),
-            "n": len(rows), "rows": rows}
+        r0, r1, c0, c1 = result.roi
+        errors = (prediction != truth)[r0:r1, c0:c1]
+        row = {"name": sample.name, "dice": dice(prediction, truth), "iou": iou(prediction, truth),
+               "hd95": hd95(prediction, truth), "coarse_dice": dice(result.coarse_prob > 0.5, truth),
+               "uncertainty_auroc": uncertainty_auroc(result.uncertainty[r0:r1, c0:c1], errors)}
+        if baselines:
+            box = box_mask(sample.mask.shape, sample.box_xyxy)
+            grab = grabcut_mask(sample.image, sample.box_xyxy)
+            row.update(box_dice=dice(box, sample.mask), box_hd95=hd95(box, sample.mask),
+                       grabcut_dice=dice(grab, sample.mask), grabcut_hd95=hd95(grab, sample.mask))
+        rows.append(row)
+    summary: dict = {"n": len(rows), "rows": rows}
+    for key in rows[0] if rows else ():
+        if key == "name":
+            continue
+        values = [r[key] for r in rows if math.isfinite(r[key])]
+        summary[key] = float(np.mean(values)) if values else float("nan")
+    return summary
 
 
 def next_version_path(folder: Path) -> Path:
@@ -143,6 +159,13 @@ def _pixels(sample: Sample, predictor: Predictor) -> tuple[torch.Tensor, Geometr
     return to_model_input(normalize_intensity(sample.image, window), geometry), geometry
 
 
+def _augmented_example(sample: Sample, predictor: Predictor, rng: np.random.Generator) -> EncodedExample:
+    window = UNIT if predictor.zoom else None
+    image, mask, box = augment(normalize_intensity(sample.image, window), sample.mask, sample.box_xyxy, rng)
+    geometry = Geometry(image.shape[0], image.shape[1], predictor.network.config.encoder.img_size)
+    return EncodedExample(Embedding(to_model_input(image, geometry), geometry, ()), mask, box)
+
+
 def train(loaded: LoadedModel, samples: list[Sample], options: TrainOptions, out_dir: str | Path,
           name: str = "default", on_epoch: Callable[[dict], None] | None = None,
           should_stop: Callable[[], bool] | None = None, command: str = "") -> TrainReport:
@@ -185,6 +208,8 @@ def train(loaded: LoadedModel, samples: list[Sample], options: TrainOptions, out
             chosen = rng.integers(0, len(train_set), options.batch_size)
             if frozen_encoder:
                 batch_examples = [encoded[i] for i in chosen]
+            elif options.augment:  # fresh pixels each step; TrainStep encodes them with gradients
+                batch_examples = [_augmented_example(train_set[i], predictor, rng) for i in chosen]
             else:  # pixels stand in for embeddings; TrainStep encodes them with gradients
                 batch_examples = [EncodedExample(Embedding(pixels[i][0], pixels[i][1], ()), train_set[i].mask,
                                                  train_set[i].box_xyxy) for i in chosen]

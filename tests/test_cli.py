@@ -112,3 +112,23 @@ def test_missing_model_file_is_one_clear_error(tmp_path, capsys):
     assert main(["predict", "--model", str(tmp_path / "nope.pth"), "--image", str(image), "--box", "1,1,9,9",
                  "--out", str(tmp_path / "m.png")]) == 2
     assert "no such model file" in capsys.readouterr().err
+
+
+def test_predict_on_a_bundled_sample_reports_dice(tmp_path, model_file, capsys):
+    out = tmp_path / "liver.png"
+    assert main(["predict", "--model", model_file, "--image", "sample:ct_abdomen/liver_000", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "Dice against the sample's expert mask:" in printed
+    assert np.asarray(Image.open(out)).shape == (512, 512)
+    assert main(["predict", "--model", model_file, "--image", "sample:ct_abdomen/kidney", "--out", str(out)]) == 2
+    assert "has no structure 'kidney'" in capsys.readouterr().err
+    assert main(["predict", "--model", model_file, "--image", "sample:ct_abdomen", "--out", str(out)]) == 2
+    assert "--box x0,y0,x1,y1 is required" in capsys.readouterr().err
+
+
+def test_headless_demo_prints_dice_and_writes_a_panel(tmp_path, model_file, capsys):
+    from napari_imedsam.demo import main as demo
+
+    assert demo(["--headless", "--model", model_file, "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("Dice") >= 5 and (tmp_path / "demo_panel.png").exists()

@@ -43,3 +43,38 @@ def test_points_sample_region_and_boundary_with_exact_labels():
     assert np.median(near_edge) < 3
     jittered = jitter_box(box, mask.shape, rng)
     assert (jittered[:2] <= box[:2]).all() and (jittered[2:] >= box[2:]).all()
+
+
+def test_augmentation_keeps_mask_and_box_together():
+    from napari_imedsam.inference.preprocess import box_of_mask
+    from src_train.augment import augment
+
+    rng = np.random.default_rng(0)
+    mask = np.zeros((30, 40), bool)
+    mask[3:9, 5:20] = True
+    image = np.zeros((30, 40, 3), np.float32)
+    image[mask] = 1.0
+    seen_shapes = set()
+    for _ in range(40):
+        out, out_mask, box = augment(image, mask, box_of_mask(mask), rng)
+        np.testing.assert_array_equal(box, box_of_mask(out_mask))  # the box follows the mask exactly
+        assert out_mask.sum() == mask.sum() and 0.0 <= out.min() and out.max() <= 1.0
+        assert out[out_mask].mean() > out[~out_mask].mean()  # the object stays where the mask says
+        seen_shapes.add(out_mask.shape)
+    assert seen_shapes == {(30, 40), (40, 30)}  # 90° turns happen
+
+
+def test_baselines_and_uncertainty_auroc_on_known_inputs():
+    from napari_imedsam.io.phantoms import ellipse_phantoms
+    from src_train.baselines import box_mask, grabcut_mask, uncertainty_auroc
+    from src_train.metrics import dice
+
+    box = box_mask((10, 12), np.array([2.0, 3.0, 5.0, 7.0]))
+    assert box.sum() == 4 * 5 and box[3, 2] and box[7, 5] and not box[8, 5]
+    image, mask = ellipse_phantoms(1, size=96, seed=2)[0]
+    assert dice(grabcut_mask(image, box_of_mask(mask)), mask) > 0.85  # high-contrast phantom: easy for GrabCut
+    errors = np.array([0, 0, 1, 1], bool)
+    assert uncertainty_auroc(np.array([0.1, 0.2, 0.8, 0.9]), errors) == 1.0
+    assert uncertainty_auroc(np.array([0.9, 0.8, 0.2, 0.1]), errors) == 0.0
+    assert uncertainty_auroc(np.array([0.5, 0.5, 0.5, 0.5]), errors) == 0.5
+    assert np.isnan(uncertainty_auroc(np.ones(4), np.zeros(4, bool)))

@@ -38,9 +38,19 @@ class ModelSpec:
     bundled: bool = False  # shipped inside the package (sample_data / weights folder)
 
 
+DEMO_FILE = "imedsam_demo_tiny.safetensors"
+
 REGISTRY: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
+        ModelSpec(
+            name="demo",
+            description="bundled tiny I-MedSAM trained from scratch by src_train.demo_recipe "
+                        "(Kvasir-SEG: research/education only; BraTS 2013: CC BY-NC-SA 3.0)",
+            config="tiny",
+            filename=DEMO_FILE,
+            bundled=True,
+        ),
         ModelSpec(
             name="sam_vit_b",
             description="Segment Anything ViT-B (Meta AI, Apache-2.0)",
@@ -60,6 +70,11 @@ REGISTRY: dict[str, ModelSpec] = {
         ),
     )
 }
+
+
+def default_model() -> str:
+    """The bundled demo model when the package ships it, else SAM ViT-B (downloaded on first use)."""
+    return "demo" if (PACKAGE_DIR / "weights" / DEMO_FILE).is_file() else "sam_vit_b"
 
 
 def cache_dir() -> Path:
@@ -158,6 +173,9 @@ def load_model(
         spec = REGISTRY[key]
         if spec.bundled:
             path = PACKAGE_DIR / "weights" / spec.filename
+            if not path.is_file():
+                raise CheckpointError(f"{path}: the bundled model is missing from this installation; "
+                                      "reinstall the package or choose another model")
         else:
             path = download_checkpoint(spec.url, spec.known_hash, spec.filename, progress)
         network, sha, header = _load_file(path, spec.config, input_size)

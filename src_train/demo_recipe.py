@@ -1,0 +1,111 @@
+"""The bundled demo model's recipe: build the training and held-out sets from the shared data, train.
+
+    python -m src_train.demo_recipe --shared ../shared/data --work artifacts/demo_recipe --minutes 45
+
+Training data (never shipped; only the trained weights are): Kvasir-SEG polyps (5 of every 6
+images; research/education terms), BraTS 2013 FLAIR slices with the whole-tumour mask from
+patients 3, 4, 5 (CC BY-NC-SA 3.0), and generated phantoms with exact masks. Held out for
+evaluation: every 6th Kvasir image, BraTS patient 6, and all CT slices (one sample per structure).
+The tiny I-MedSAM backbone trains from scratch in `full` mode with zoom and augmentation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from napari_imedsam.io.images import read_image
+from napari_imedsam.io.phantoms import ellipse_phantom
+
+BRATS_TRAIN = ("brats_2013_pat0003_1", "brats_2013_pat0004_1", "brats_2013_pat0005_1")
+BRATS_HELD_OUT = ("brats_2013_pat0006_1",)
+
+
+def _pair(folder: Path, name: str, image: np.ndarray, mask: np.ndarray) -> None:
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "masks").mkdir(parents=True, exist_ok=True)
+    if image.dtype == np.uint8:
+        Image.fromarray(image).save(folder / "images" / f"{name}.png")
+    else:
+        np.save(folder / "images" / f"{name}.npy", image.astype(np.float32))
+    Image.fromarray(mask.astype(np.uint8) * 255).save(folder / "masks" / f"{name}.png")
+
+
+def _brats_slices(folder: Path, patients: tuple[str, ...], every: int, min_area: int):
+    for patient in patients:
+        flair = read_image(folder / patient / "Flair_subtrMeanDivStd.nii.gz").data  # (z, y, x)
+        tumour = read_image(folder / patient / "OTMultiClass.nii.gz").data > 0
+        for z in range(0, flair.shape[0], every):
+            if tumour[z].sum() >= min_area:
+                yield f"{patient}_z{z:03d}", flair[z], tumour[z]
+
+
+def build(shared: Path, work: Path, n_phantoms: int = 120, seed: int = 0) -> dict:
+    """Write train/ and held-out eval folders (images/ + masks/) under `work`; returns counts."""
+    if work.exists():
+        shutil.rmtree(work)
+    train, counts = work / "train", {}
+    kvasir = shared / "kvasir_dev"
+    names = sorted(p.name for p in (kvasir / "images").iterdir())
+    for index, name in enumerate(names):
+        stem = Path(name).stem
+        target = work / ("eval_kvasir" if index % 6 == 5 else "train")
+        image = np.asarray(Image.open(kvasir / "images" / name).convert("RGB"))
+        mask_path = next((kvasir / "masks").glob(f"{stem}.*"))
+        mask = np.asarray(Image.open(mask_path).convert("L")) > 127
+        _pair(target, f"kvasir_{stem}", image, mask)
+    for name, image, mask in _brats_slices(shared / "brats2013_dev", BRATS_TRAIN, every=3, min_area=200):
+        _pair(train, name, image, mask)
+    for name, image, mask in _brats_slices(shared / "brats2013_dev", BRATS_HELD_OUT, every=5, min_area=200):
+        _pair(work / "eval_mr", name, image, mask)
+    rng = np.random.default_rng(seed)
+    for i in range(n_phantoms):
+        image, mask = ellipse_phantom(int(rng.choice([128, 192, 256])), rng, contrast=float(rng.uniform(0.15, 0.5)))
+        _pair(train, f"phantom_{i:03d}", image, mask)
+    ct = shared / "ct_slices"
+    for mask_path in sorted((ct / "masks").glob("*.png")):
+        stem = next(p.stem for p in (ct / "images").glob("*.png") if mask_path.stem.startswith(p.stem + "_"))
+        image = np.asarray(Image.open(ct / "images" / f"{stem}.png"))[..., 0]
+        mask = np.asarray(Image.open(mask_path)) > 127
+        if mask.sum() >= 50:
+            _pair(work / "eval_ct", mask_path.stem, image, mask)
+    for folder in sorted(work.iterdir()):
+        counts[folder.name] = len(list((folder / "images").iterdir()))
+    digest = hashlib.sha256()
+    for path in sorted((work / "train").rglob("*")):
+        if path.is_file():
+            digest.update(path.name.encode())
+            digest.update(path.read_bytes())
+    counts["train_manifest_sha256"] = digest.hexdigest()
+    (work / "manifest.json").write_text(json.dumps(counts, indent=2))
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shared", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--work", type=Path, default=Path("artifacts/demo_recipe"))
+    parser.add_argument("--minutes", type=float, default=45.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prepare-only", action="store_true")
+    args = parser.parse_args(argv)
+    counts = build(args.shared, args.work, seed=args.seed)
+    print(json.dumps(counts, indent=2))
+    if args.prepare_only:
+        return 0
+    from napari_imedsam.cli import main as cli
+
+    return cli(["train", "--model", "tiny", "--data", str(args.work / "train"), "--mode", "full", "--zoom",
+                "--augment", "--epochs", "100000", "--max-seconds", str(args.minutes * 60), "--seed", str(args.seed),
+                "--batch-size", "8", "--out", str(args.work / "out"), "--name", "demo", "--device", "cpu"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
