@@ -26,6 +26,13 @@ def docked(make_napari_viewer, fitted):
     return viewer, widget, fitted[0]
 
 
+def show(viewer, widget, loaded, image, name="image", **layer_kwargs):
+    """Add an image, give the widget the model, create the I-MedSAM layers."""
+    viewer.add_image(image, name=name, **layer_kwargs)
+    widget.set_model(loaded)
+    return widget.ensure_layers()
+
+
 def draw_box(viewer, widget, qtbot, corners_rc, expect_label=None):
     """Add a rectangle as a user would and wait for the worker to write the labels."""
     boxes = viewer.layers["I-MedSAM boxes"]
@@ -55,9 +62,7 @@ def test_manifest_is_valid_and_contributes_everything():
 def test_box_gives_three_layers_matching_the_headless_predictor(docked, qtbot):
     viewer, widget, loaded = docked
     image, mask = ellipse_phantoms(1, seed=11)[0]
-    viewer.add_image(image, name="phantom")
-    widget.set_model(loaded)
-    widget.ensure_layers()
+    show(viewer, widget, loaded, image, "phantom")
     x0, y0, x1, y1 = box_of_mask(mask)
     label = draw_box(viewer, widget, qtbot, [[y0, x0], [y1, x1]])
     labels = viewer.layers["I-MedSAM labels"].data
@@ -89,9 +94,7 @@ def test_box_gives_three_layers_matching_the_headless_predictor(docked, qtbot):
 def test_painted_corrections_survive_a_new_box(docked, qtbot):
     viewer, widget, loaded = docked
     image, mask = ellipse_phantoms(1, seed=11)[0]
-    viewer.add_image(image, name="phantom")
-    widget.set_model(loaded)
-    widget.ensure_layers()
+    show(viewer, widget, loaded, image, "phantom")
     labels = viewer.layers["I-MedSAM labels"]
     rows, cols = np.nonzero(mask)
     r, c = int(rows.mean()), int(cols.mean())
@@ -108,9 +111,7 @@ def test_painted_corrections_survive_a_new_box(docked, qtbot):
 def test_volume_segments_the_displayed_slice_then_propagates(docked, qtbot):
     viewer, widget, loaded = docked
     volume, truth = tube_volume()
-    viewer.add_image(volume, name="tube", scale=(2.0, 1.0, 1.0))
-    widget.set_model(loaded)
-    widget.ensure_layers()
+    show(viewer, widget, loaded, volume, "tube", scale=(2.0, 1.0, 1.0))
     middle = volume.shape[0] // 2
     widget.go_to_slice(middle)
     assert widget.current_slice() == middle
@@ -210,9 +211,7 @@ def test_fine_tune_button_trains_reports_loads_and_reverts(docked, qtbot, tmp_pa
 def test_moving_a_box_never_reencodes_and_neighbours_are_prefetched(docked, qtbot):
     viewer, widget, loaded = docked
     volume, truth = tube_volume()
-    viewer.add_image(volume, name="tube")
-    widget.set_model(loaded)
-    widget.ensure_layers()
+    show(viewer, widget, loaded, volume, "tube")
     middle = volume.shape[0] // 2
     widget.go_to_slice(middle)
     cache = widget.predictor.cache
@@ -234,9 +233,7 @@ def test_rgb_image_with_translate(docked, qtbot):
     viewer, widget, loaded = docked
     grey, mask = ellipse_phantoms(1, seed=11)[0]
     rgb = (np.repeat(grey[..., None], 3, -1).clip(0, 1) * 255).astype(np.uint8)
-    viewer.add_image(rgb, name="rgb", rgb=True, translate=(40.0, -25.0))
-    widget.set_model(loaded)
-    boxes = widget.ensure_layers()[0]
+    boxes = show(viewer, widget, loaded, rgb, "rgb", rgb=True, translate=(40.0, -25.0))[0]
     assert tuple(boxes.translate) == (40.0, -25.0)
     x0, y0, x1, y1 = box_of_mask(mask)
     label = draw_box(viewer, widget, qtbot, [[y0, x0], [y1, x1]])  # data coordinates of the image
