@@ -1,0 +1,25 @@
+"""The bundled demo model: the default, small, self-describing, and it really segments."""
+
+from __future__ import annotations
+
+from napari_imedsam._sample_data import CT_SAMPLES, load_ct_slice
+from napari_imedsam.inference.predictor import Predictor
+from napari_imedsam.inference.preprocess import box_of_mask
+from napari_imedsam.model.registry import PACKAGE_DIR, REGISTRY, default_model, load_model
+from napari_imedsam.model.weights import read_safetensors
+from src_train.metrics import dice
+
+
+def test_bundled_model_is_the_default_and_records_its_recipe():
+    path = PACKAGE_DIR / "weights" / REGISTRY["demo"].filename
+    assert default_model() == "demo" and path.stat().st_size < 20e6
+    _, header = read_safetensors(path)
+    assert header["inference"]["zoom"] is True and "demo_recipe" in header["recipe"]
+    assert "research and education only" in header["data"] and len(header["data_manifest_sha256"]) == 64
+
+
+def test_bundled_model_segments_the_liver_of_the_ct_sample():
+    image, labels, names = load_ct_slice(CT_SAMPLES["ct_abdomen"])
+    liver = labels == names.index("liver_000") + 1
+    result = Predictor(load_model("demo")).predict(image, box_of_mask(liver))
+    assert dice(result.refined_mask, liver) > 0.85
