@@ -30,6 +30,7 @@ from napari_imedsam.inference.predictor import Predictor
 from napari_imedsam.io.phantoms import ellipse_phantom, ellipse_phantoms
 from napari_imedsam.model.registry import load_model
 from src_train.fit import EncodedExample, fit_decoder
+from src_train.metrics import dice
 from src_train.points import box_of_mask
 
 
@@ -55,10 +56,6 @@ def bare_encoder_like(network) -> ImageEncoderViT:
     )
     bare.load_state_dict(network.image_encoder.state_dict(), strict=False)
     return bare.eval()
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2.0 * float((a & b).sum()) / max(1, int(a.sum() + b.sum()))
 
 
 def main() -> None:

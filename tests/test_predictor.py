@@ -10,13 +10,10 @@ from skimage.transform import resize
 from napari_imedsam.inference.predictor import Predictor
 from napari_imedsam.inference.preprocess import CT_PRESETS, InputError
 from napari_imedsam.io.phantoms import ellipse_phantoms
+from src_train.metrics import dice
 from src_train.points import box_of_mask
 
 from .conftest import untrained
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2.0 * float((a & b).sum()) / max(1, int(a.sum() + b.sum()))
 
 
 def test_short_fit_reduces_loss_and_segments(fitted):

@@ -151,7 +151,7 @@ class IMedSAMWidget(QWidget):
         self._set_status(f"Loading {source}…")
         worker = create_worker(_guarded, self._load, source, self.device_combo.value, adapters,
                                _progress={"desc": f"Loading {source}"})
-        worker.returned.connect(self._on_model_loaded)
+        worker.returned.connect(self._unless_failed(self.set_model))
         worker.start()
 
     @staticmethod
@@ -161,12 +161,6 @@ class IMedSAMWidget(QWidget):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return load_model(source, device=device, adapters=adapters)
-
-    def _on_model_loaded(self, loaded: LoadedModel | _Failure) -> None:
-        if isinstance(loaded, _Failure):
-            self._error(loaded.message)
-            return
-        self.set_model(loaded)
 
     def set_model(self, loaded: LoadedModel) -> None:
         """Use an already loaded model (the widget's own Load button ends here too)."""
@@ -317,7 +311,7 @@ class IMedSAMWidget(QWidget):
             return
         self._set_status(f"Segmenting object {label}…")
         self._box_worker = create_worker(_guarded, session.predict, slice_index, box, label)
-        self._box_worker.returned.connect(self._on_box_result)
+        self._box_worker.returned.connect(self._unless_failed(self.show_result))
         self._box_worker.finished.connect(self._on_box_finished)
         self._box_worker.start()
 
@@ -325,12 +319,6 @@ class IMedSAMWidget(QWidget):
         self._box_worker = None
         if self._pending_box is not None:
             self._run_pending_box()
-
-    def _on_box_result(self, result: ObjectResult | _Failure) -> None:
-        if isinstance(result, _Failure):
-            self._error(result.message)
-            return
-        self.show_result(result)
 
     def show_result(self, result: ObjectResult) -> None:
         """Apply a result to the labels and show its coarse probability and uncertainty."""
@@ -535,7 +523,7 @@ class IMedSAMWidget(QWidget):
         name = self.export_dir().name
         self._finetune = create_worker(_guarded, train, candidate, samples, options, self.workdir.value, name,
                                        signal.epoch.emit, lambda: self._finetune_cancelled)
-        self._finetune.returned.connect(lambda report: self._on_finetuned(report, candidate))
+        self._finetune.returned.connect(self._unless_failed(lambda report: self._on_finetuned(report, candidate)))
         self._finetune.finished.connect(self._on_finetune_finished)
         self._finetune_signal = signal  # keep the QObject alive while the worker runs
         self.cancel_finetune_button.enabled = True
@@ -554,9 +542,6 @@ class IMedSAMWidget(QWidget):
         self._finetune_cancelled = True  # the trainer stops after the current epoch and keeps the best so far
 
     def _on_finetuned(self, report, candidate: LoadedModel) -> None:
-        if isinstance(report, _Failure):
-            self._error(report.message)
-            return
         self.last_report = report
         version = f"{report.version_path.parent.name}/{report.version_path.stem}"
         self._versions[version] = (self._trainables(candidate), str(report.version_path))
@@ -587,6 +572,15 @@ class IMedSAMWidget(QWidget):
     # ---- messages ------------------------------------------------------------------------------------
     def _set_status(self, text: str) -> None:
         self.status.value = text
+
+    def _unless_failed(self, handler):
+        """A slot for a `_guarded` worker's result: one notification for a failure, else `handler(result)`."""
+        def slot(result) -> None:
+            if isinstance(result, _Failure):
+                self._error(result.message)
+            else:
+                handler(result)
+        return slot
 
     def _error(self, message: str) -> None:
         self._set_status(f"Error: {message}")
