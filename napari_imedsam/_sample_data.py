@@ -11,6 +11,9 @@ from .io.phantoms import phantom_volume
 
 CT_DIR = Path(__file__).parent / "sample_data" / "ct_slices"
 CT_SAMPLES = {"ct_abdomen": "amos_0006_90", "ct_thorax": "s0114_111", "ct_pelvis": "s0619_32"}
+PHANTOM_SPACING = (2.5, 0.8, 0.8)  # mm, (z, y, x)
+# Structures of the generated phantom as unions of its label values (the lesion lies inside the organ).
+PHANTOM_STRUCTURES = {"organ": (1, 2), "lesion": (2,)}
 
 
 def load_ct_slice(stem: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -47,7 +50,7 @@ def ct_thorax() -> list[tuple]:
 
 def phantom_3d() -> list[tuple]:
     volume, labels = phantom_volume()
-    scale = (2.5, 0.8, 0.8)
+    scale = PHANTOM_SPACING
     return [
         (volume, {"name": "phantom CT (HU)", "scale": scale, "contrast_limits": (-160, 240)}, "image"),
         (labels, {"name": "phantom truth", "scale": scale, "visible": False}, "labels"),

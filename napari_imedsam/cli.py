@@ -89,31 +89,48 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def read_sample(name: str):
-    """`sample:ct_abdomen` (or ct_thorax) with `/STRUCTURE` (e.g. sample:ct_abdomen/liver_000): the
-    bundled CT slice, upright, and that structure's expert mask (None without a structure)."""
-    from ._sample_data import CT_SAMPLES, load_ct_slice
+    """A bundled sample and, with `/STRUCTURE`, that structure's true mask (else None):
+    `sample:ct_abdomen` (ct_thorax, ct_pelvis) are CT slices with expert masks, upright (e.g.
+    `sample:ct_abdomen/liver_000`); `sample:phantom_3d` is the generated CT volume in HU with
+    exact labels (`sample:phantom_3d/organ`, `/lesion`; the mask is then a volume)."""
+    from ._sample_data import CT_SAMPLES, PHANTOM_SPACING, PHANTOM_STRUCTURES, load_ct_slice
     from .io.images import ImageData
+    from .io.phantoms import phantom_volume
 
     key, _, structure = name[len("sample:"):].partition("/")
-    if key not in CT_SAMPLES:
-        raise InputError(f"unknown sample {key!r}; known: {', '.join(CT_SAMPLES)}")
-    image, labels, names = load_ct_slice(CT_SAMPLES[key])
+    if key == "phantom_3d":
+        volume, labels = phantom_volume()
+        image, names = ImageData(volume, spacing=PHANTOM_SPACING), list(PHANTOM_STRUCTURES)
+    elif key in CT_SAMPLES:
+        pixels, labels, names = load_ct_slice(CT_SAMPLES[key])
+        image = ImageData(pixels)
+    else:
+        raise InputError(f"unknown sample {key!r}; known: {', '.join([*CT_SAMPLES, 'phantom_3d'])}")
     if not structure:
-        return ImageData(image), None
+        return image, None
     if structure not in names:
         raise InputError(f"sample {key} has no structure {structure!r}; it has: {', '.join(names)}")
-    return ImageData(image), labels == names.index(structure) + 1
+    if key == "phantom_3d":
+        return image, np.isin(labels, PHANTOM_STRUCTURES[structure])
+    return image, labels == names.index(structure) + 1
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    if args.box is None and not (args.image.startswith("sample:") and "/" in args.image):
-        raise InputError("--box x0,y0,x1,y1 is required (only sample:NAME/STRUCTURE boxes its own mask)")
     size = _numbers(args.size, 2, "--size (H,W)", int) if args.size else None
     if size is not None and min(size) < 1:
         raise InputError(f"--size must be positive, got {args.size}")
     window = parse_window(args.window)
     image, truth = read_sample(args.image) if args.image.startswith("sample:") else (read_image(args.image), None)
+    if args.box is None and truth is None:
+        raise InputError("--box x0,y0,x1,y1 is required (only sample:NAME/STRUCTURE boxes its own mask)")
+    if truth is not None and truth.ndim == 3 and args.slice is None:  # a volume sample's structure
+        args.slice = int(np.argmax(truth.sum(axis=(1, 2))))
+        print(f"slice {args.slice} (the structure's largest cross-section; choose another with --slice)")
     slice_2d = select_slice(image, args.slice)
+    if truth is not None and truth.ndim == 3:
+        truth = truth[args.slice]
+        if not truth.any():
+            raise InputError(f"the structure does not appear on slice {args.slice}; choose another with --slice")
     loaded = _load(args)
     if args.box is None:
         from .inference.preprocess import box_of_mask
@@ -168,7 +185,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     loaded = _load(args)
     options = TrainOptions(mode=args.mode, epochs=args.epochs, max_seconds=args.max_seconds, seed=args.seed,
                            batch_size=args.batch_size, n_points=args.points, zoom=args.zoom,
-                           augment=args.augment)
+                           augment=args.augment, val_fraction=args.val_fraction)
     print(f"training {loaded.model_id} in {args.mode} mode on {len(samples)} samples from {args.data}")
 
     def report(record: dict) -> None:
@@ -249,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, default=4)
     train.add_argument("--points", type=int, default=1024, help="query points per sample and step")
     train.add_argument("--augment", action="store_true", help="flips, turns, intensity jitter (adapters/full)")
+    train.add_argument("--val-fraction", type=float, default=0.2, help="share of samples held back for validation")
     train.set_defaults(func=cmd_train)
 
     evaluate = sub.add_parser("evaluate", help="Dice / IoU / HD95 with one tight box per image")

@@ -1,12 +1,14 @@
 """The bundled demo model's recipe: build the training and held-out sets from the shared data, train.
 
-    python -m src_train.demo_recipe --shared ../shared/data --work artifacts/demo_recipe --minutes 45
+    python -m src_train.demo_recipe --shared ../shared/data --work artifacts/demo_recipe --minutes 55 --install
 
 Training data (never shipped; only the trained weights are): Kvasir-SEG polyps (5 of every 6
-images; research/education terms), BraTS 2013 FLAIR slices with the whole-tumour mask from
-patients 3, 4, 5 (CC BY-NC-SA 3.0), and generated phantoms with exact masks. Held out for
-evaluation: every 6th Kvasir image, BraTS patient 6, and all CT slices (one sample per structure).
-The tiny I-MedSAM backbone trains from scratch in `full` mode with zoom and augmentation.
+images; research/education terms), BraTS 2013 slices of patients 3, 4, 5 (CC BY-NC-SA 3.0): FLAIR
+with the whole-tumour mask and T1c with the tumour-core mask, generated ellipse phantoms, and
+generated CT-like scenes (`scenes.py`: many touching structures, two targets per scene). Held out
+for evaluation: every 6th Kvasir image, BraTS patient 6 (FLAIR, whole tumour), and all CT slices
+(one sample per structure; no real CT is trained on). The tiny I-MedSAM backbone trains from
+scratch in `full` mode with zoom and augmentation.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from PIL import Image
 from napari_imedsam.io.images import read_image
 from napari_imedsam.io.phantoms import ellipse_phantom
 
+from .scenes import ct_scene, scene_targets
+
+BUNDLED = Path(__file__).resolve().parents[1] / "napari_imedsam" / "weights" / "imedsam_demo_tiny.safetensors"
 BRATS_TRAIN = ("brats_2013_pat0003_1", "brats_2013_pat0004_1", "brats_2013_pat0005_1")
 BRATS_HELD_OUT = ("brats_2013_pat0006_1",)
 
@@ -38,16 +43,19 @@ def _pair(folder: Path, name: str, image: np.ndarray, mask: np.ndarray) -> None:
     Image.fromarray(mask.astype(np.uint8) * 255).save(folder / "masks" / f"{name}.png")
 
 
-def _brats_slices(folder: Path, patients: tuple[str, ...], every: int, min_area: int):
+def _brats_slices(folder: Path, patients: tuple[str, ...], every: int, min_area: int, sequence: str = "Flair",
+                  classes: tuple[int, ...] = (1, 2, 3, 4)):
+    """(name, slice, mask) every `every` slices: `sequence` (Flair, T1c) and the union of `classes`
+    (BraTS labels: 1 necrosis, 2 oedema, 3 non-enhancing, 4 enhancing tumour)."""
     for patient in patients:
-        flair = read_image(folder / patient / "Flair_subtrMeanDivStd.nii.gz").data  # (z, y, x)
-        tumour = read_image(folder / patient / "OTMultiClass.nii.gz").data > 0
-        for z in range(0, flair.shape[0], every):
+        image = read_image(folder / patient / f"{sequence}_subtrMeanDivStd.nii.gz").data  # (z, y, x)
+        tumour = np.isin(read_image(folder / patient / "OTMultiClass.nii.gz").data, classes)
+        for z in range(0, image.shape[0], every):
             if tumour[z].sum() >= min_area:
-                yield f"{patient}_z{z:03d}", flair[z], tumour[z]
+                yield f"{patient}_{sequence.lower()}_z{z:03d}", image[z], tumour[z]
 
 
-def build(shared: Path, work: Path, n_phantoms: int = 120, seed: int = 0) -> dict:
+def build(shared: Path, work: Path, n_phantoms: int = 60, n_scenes: int = 300, seed: int = 0) -> dict:
     """Write train/ and held-out eval folders (images/ + masks/) under `work`; returns counts."""
     if work.exists():
         shutil.rmtree(work)
@@ -61,7 +69,10 @@ def build(shared: Path, work: Path, n_phantoms: int = 120, seed: int = 0) -> dic
         mask_path = next((kvasir / "masks").glob(f"{stem}.*"))
         mask = np.asarray(Image.open(mask_path).convert("L")) > 127
         _pair(target, f"kvasir_{stem}", image, mask)
-    for name, image, mask in _brats_slices(shared / "brats2013_dev", BRATS_TRAIN, every=3, min_area=200):
+    for name, image, mask in _brats_slices(shared / "brats2013_dev", BRATS_TRAIN, every=2, min_area=200):
+        _pair(train, name, image, mask)
+    for name, image, mask in _brats_slices(shared / "brats2013_dev", BRATS_TRAIN, every=4, min_area=100,
+                                           sequence="T1c", classes=(1, 3, 4)):
         _pair(train, name, image, mask)
     for name, image, mask in _brats_slices(shared / "brats2013_dev", BRATS_HELD_OUT, every=5, min_area=200):
         _pair(work / "eval_mr", name, image, mask)
@@ -69,6 +80,10 @@ def build(shared: Path, work: Path, n_phantoms: int = 120, seed: int = 0) -> dic
     for i in range(n_phantoms):
         image, mask = ellipse_phantom(int(rng.choice([128, 192, 256])), rng, contrast=float(rng.uniform(0.15, 0.5)))
         _pair(train, f"phantom_{i:03d}", image, mask)
+    for i in range(n_scenes):
+        image, labels, kinds = ct_scene(int(rng.choice([192, 256])), rng)
+        for j, (kind, mask) in enumerate(scene_targets(labels, kinds, rng, n=2)):
+            _pair(train, f"scene_{i:03d}_{j}_{kind}", image, mask)
     ct = shared / "ct_slices"
     for mask_path in sorted((ct / "masks").glob("*.png")):
         stem = next(p.stem for p in (ct / "images").glob("*.png") if mask_path.stem.startswith(p.stem + "_"))
@@ -88,23 +103,51 @@ def build(shared: Path, work: Path, n_phantoms: int = 120, seed: int = 0) -> dic
     return counts
 
 
+DATA_TERMS = ("Kvasir-SEG (research and education only), BraTS 2013 FLAIR and T1c of patients 3-5 "
+              "(CC BY-NC-SA 3.0), generated ellipse phantoms and CT-like scenes")
+
+
+def package(trained: Path, target: Path, counts: dict, recipe: str) -> Path:
+    """The shipped file: the trained whole model in float16 with the recipe, data terms and counts
+    added to the trainer's header (config, options, metrics, data manifest hash)."""
+    from napari_imedsam.model.weights import atomic_save_safetensors, read_safetensors
+
+    tensors, header = read_safetensors(trained)
+    half = {k: (v.half() if v.is_floating_point() else v) for k, v in tensors.items()}
+    header = {**header, "recipe": recipe, "data": DATA_TERMS, "precision": "float16 weights, loaded as float32",
+              "counts": {k: v for k, v in counts.items() if k != "train_manifest_sha256"},
+              "training_files_sha256": counts["train_manifest_sha256"]}
+    return atomic_save_safetensors(half, target, header)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", type=Path, default=Path("../shared/data"))
     parser.add_argument("--work", type=Path, default=Path("artifacts/demo_recipe"))
-    parser.add_argument("--minutes", type=float, default=45.0)
+    parser.add_argument("--minutes", type=float, default=55.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--prepare-only", action="store_true")
+    parser.add_argument("--install", action="store_true",
+                        help=f"write the result over the bundled model ({BUNDLED}) instead of WORK/{BUNDLED.name}")
     args = parser.parse_args(argv)
+    recipe = ("python -m src_train.demo_recipe --shared ../shared/data --work artifacts/demo_recipe "
+              f"--minutes {args.minutes:g} --seed {args.seed}")
     counts = build(args.shared, args.work, seed=args.seed)
     print(json.dumps(counts, indent=2))
     if args.prepare_only:
         return 0
     from napari_imedsam.cli import main as cli
 
-    return cli(["train", "--model", "tiny", "--data", str(args.work / "train"), "--mode", "full", "--zoom",
-                "--augment", "--epochs", "100000", "--max-seconds", str(args.minutes * 60), "--seed", str(args.seed),
-                "--batch-size", "8", "--out", str(args.work / "out"), "--name", "demo", "--device", "cpu"])
+    status = cli(["train", "--model", "tiny", "--data", str(args.work / "train"), "--mode", "full", "--zoom",
+                  "--augment", "--epochs", "100000", "--max-seconds", str(args.minutes * 60), "--seed",
+                  str(args.seed), "--batch-size", "8", "--val-fraction", "0.1", "--out", str(args.work / "out"),
+                  "--name", "demo", "--device", "cpu"])
+    if status:
+        return status
+    trained = max((args.work / "out" / "adapters" / "demo").glob("v*.safetensors"))
+    target = package(trained, BUNDLED if args.install else args.work / BUNDLED.name, counts, recipe)
+    print(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB)")
+    return 0
 
 
 if __name__ == "__main__":

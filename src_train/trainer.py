@@ -51,6 +51,31 @@ class TrainOptions:
     augment: bool = False  # flips, turns, intensity jitter (modes that train the encoder)
     zoom: bool = False  # train on box crops and predict with zoom (see Predictor)
     zoom_margin: float = 0.25
+    cosine: bool = True  # learning rates follow a cosine from 100 % to 10 % over the run
+
+
+def run_progress(step: int, total_steps: int, elapsed: float, max_seconds: float | None) -> float:
+    """How far a run is, in [0, 1]: by steps, or by time when a time budget ends it sooner. Drives the
+    coarse -> fine loss weights and the learning-rate schedule."""
+    progress = step / max(1, total_steps - 1)
+    if max_seconds:
+        progress = max(progress, elapsed / max_seconds)
+    return min(progress, 1.0)
+
+
+def _elapsed(start: float, world: int, device: torch.device) -> float:
+    """Seconds since `start`; under DDP the slowest rank's, so every rank takes the same schedule and
+    stops after the same epoch."""
+    elapsed = time.perf_counter() - start
+    if world > 1:
+        shared = torch.tensor([elapsed], dtype=torch.float64, device=device)
+        dist.all_reduce(shared, op=dist.ReduceOp.MAX)
+        elapsed = float(shared.item())
+    return elapsed
+
+
+def cosine_factor(progress: float, floor: float = 0.1) -> float:
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
 
 
 @dataclass
@@ -194,6 +219,7 @@ def train(loaded: LoadedModel, samples: list[Sample], options: TrainOptions, out
         for p in group["params"]:
             p.requires_grad_(True)
     optimizer = torch.optim.AdamW(param_groups)
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
     step_module: nn.Module = TrainStep(network, encode=not frozen_encoder)
     if world > 1:  # gradients are averaged across ranks by DDP
         step_module = nn.parallel.DistributedDataParallel(step_module, find_unused_parameters=True)
@@ -215,7 +241,12 @@ def train(loaded: LoadedModel, samples: list[Sample], options: TrainOptions, out
                                                  train_set[i].box_xyxy) for i in chosen]
             batch = make_batch(batch_examples, rng, options.n_points, device=loaded.device)
             outputs = step_module(batch["embedding"], batch["boxes"], batch["extent"], batch["points"])
-            loss = imedsam_loss(outputs, batch["labels"], progress=step / max(1, total_steps - 1))
+            elapsed = _elapsed(start, world, loaded.device) if options.max_seconds else 0.0
+            progress = run_progress(step, total_steps, elapsed, options.max_seconds)
+            if options.cosine:
+                for group, base_lr in zip(optimizer.param_groups, base_lrs):
+                    group["lr"] = base_lr * cosine_factor(progress)
+            loss = imedsam_loss(outputs, batch["labels"], progress=progress)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -236,7 +267,7 @@ def train(loaded: LoadedModel, samples: list[Sample], options: TrainOptions, out
         if should_stop and should_stop():
             cancelled = True
             break
-        if options.max_seconds and time.perf_counter() - start > options.max_seconds:
+        if options.max_seconds and _elapsed(start, world, loaded.device) > options.max_seconds:
             break
     for group in param_groups:
         for p in group["params"]:

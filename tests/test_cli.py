@@ -132,3 +132,17 @@ def test_headless_demo_prints_dice_and_writes_a_panel(tmp_path, model_file, caps
     assert demo(["--headless", "--model", model_file, "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert printed.count("Dice") >= 5 and (tmp_path / "demo_panel.png").exists()
+
+
+def test_predict_on_the_phantom_volume_sample_picks_the_largest_slice(tmp_path, model_file, capsys):
+    out = tmp_path / "lesion.nii.gz"
+    assert main(["predict", "--model", model_file, "--image", "sample:phantom_3d/lesion", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "slice 20 (the structure's largest cross-section" in printed
+    assert "Dice against the sample's expert mask:" in printed
+    assert nib.load(out).shape == (128, 128, 40)  # written back into the volume, NIfTI (x, y, z) order
+    assert main(["predict", "--model", model_file, "--image", "sample:phantom_3d/organ", "--slice", "0",
+                 "--out", str(out)]) == 2
+    assert "does not appear on slice 0" in capsys.readouterr().err
+    assert main(["predict", "--model", model_file, "--image", "sample:phantom_4d", "--out", str(out)]) == 2
+    assert "known: ct_abdomen, ct_thorax, ct_pelvis, phantom_3d" in capsys.readouterr().err

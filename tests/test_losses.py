@@ -78,3 +78,13 @@ def test_baselines_and_uncertainty_auroc_on_known_inputs():
     assert uncertainty_auroc(np.array([0.9, 0.8, 0.2, 0.1]), errors) == 0.0
     assert uncertainty_auroc(np.array([0.5, 0.5, 0.5, 0.5]), errors) == 0.5
     assert np.isnan(uncertainty_auroc(np.ones(4), np.zeros(4, bool)))
+
+
+def test_time_budget_drives_progress_and_the_cosine_schedule():
+    from src_train.trainer import cosine_factor, run_progress
+
+    assert run_progress(10, 100_000, 0.0, None) < 1e-3  # step-driven: barely started
+    assert run_progress(10, 100_000, 30.0, 60.0) == 0.5  # a time budget ends the run sooner
+    assert run_progress(99, 100, 10.0, 1e9) == 1.0
+    assert cosine_factor(0.0) == 1.0 and abs(cosine_factor(1.0) - 0.1) < 1e-12
+    assert abs(cosine_factor(0.5) - 0.55) < 1e-12

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from scipy import ndimage
 from skimage.transform import resize
 
@@ -132,3 +133,19 @@ def test_zoom_equals_predicting_on_the_normalised_crop(fitted):
     doubled = Predictor(loaded, zoom=True).predict(image, box, output_size=(256, 256))
     assert doubled.refined_prob.shape == (256, 256)
     assert dice(resize(doubled.refined_mask.astype(float), image.shape, order=1) > 0.5, zoomed.refined_mask) > 0.9
+
+
+def test_predictive_uncertainty_is_the_ensemble_bernoulli_variance():
+    from napari_imedsam.model.config import DecoderConfig
+    from napari_imedsam.model.inr import mc_uncertainty
+
+    logits = torch.randn(8, 2, 50, generator=torch.Generator().manual_seed(0)) * 3
+    probs = torch.sigmoid(logits)
+    epistemic = mc_uncertainty(logits, "epistemic")
+    predictive = mc_uncertainty(logits, "predictive")
+    assert torch.allclose(epistemic, probs.var(dim=0, unbiased=False))
+    # law of total variance: p̄(1 - p̄) = mean of p(1 - p) + variance of p
+    assert torch.allclose(predictive, (probs * (1 - probs)).mean(0) + epistemic, atol=1e-6)
+    assert (predictive >= epistemic - 1e-7).all()
+    with pytest.raises(ValueError, match="uncertainty must be one of"):
+        DecoderConfig(uncertainty="entropy")

@@ -29,6 +29,9 @@ class EncoderConfig:
         return self.img_size // self.patch_size
 
 
+UNCERTAINTY_KINDS = ("predictive", "epistemic")
+
+
 @dataclass(frozen=True)
 class DecoderConfig:
     """SAM prompt encoder + two-way transformer + output upscaling, then the coarse/fine INR."""
@@ -46,6 +49,13 @@ class DecoderConfig:
     # Inference only: points whose MC variance is below this keep the coarse value even inside
     # the top-K % (Dec_f is trained on uncertain points; confident ones gain nothing from it).
     refine_min_uncertainty: float = 1e-4
+    # "predictive": variance of the MC ensemble's Bernoulli prediction, p̄(1 - p̄) = E_t[p_t(1 - p_t)]
+    # + Var_t(p_t) (what is shown and what UGS ranks by); "epistemic": Var_t(p_t) alone (paper eq. 7).
+    uncertainty: str = "predictive"
+
+    def __post_init__(self) -> None:
+        if self.uncertainty not in UNCERTAINTY_KINDS:
+            raise ValueError(f"uncertainty must be one of {UNCERTAINTY_KINDS}, got {self.uncertainty!r}")
 
     @property
     def point_feature_dim(self) -> int:

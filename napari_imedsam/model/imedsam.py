@@ -135,10 +135,11 @@ class IMedSAM(nn.Module):
         return self.fine_inr(point_input, coarse_feature)
 
     def uncertainty(self, coarse: CoarseOutput, seed: int = 0) -> torch.Tensor:
-        """MC-dropout variance of the coarse probability with T seeded passes (dropout ON)."""
+        """Uncertainty of the coarse probability from T seeded MC-dropout passes (dropout ON); the
+        kind (predictive / epistemic) is `config.decoder.uncertainty`."""
         dec = self.config.decoder
         masks = mc_keep_masks(dec.mc_passes, coarse.trunk.shape[-1], dec.dropout, seed, coarse.trunk.device)
-        return mc_uncertainty(self.coarse_inr.mc_logits(coarse.trunk, masks))
+        return mc_uncertainty(self.coarse_inr.mc_logits(coarse.trunk, masks), dec.uncertainty)
 
     def forward_train(self, embedding: torch.Tensor, boxes: torch.Tensor, extent: torch.Tensor,
                       points: torch.Tensor) -> dict[str, torch.Tensor]:

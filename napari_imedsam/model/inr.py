@@ -105,9 +105,21 @@ def mc_keep_masks(passes: int, width: int, dropout: float, seed: int, device: to
     return keep.to(device=device, dtype=torch.float32)
 
 
-def mc_uncertainty(mc_logits: torch.Tensor) -> torch.Tensor:
-    """Variance over the T passes (dim 0) of the sigmoid probability (paper eq. 7)."""
-    return torch.sigmoid(mc_logits).var(dim=0, unbiased=False)
+def mc_uncertainty(mc_logits: torch.Tensor, kind: str = "predictive") -> torch.Tensor:
+    """Uncertainty from T MC-dropout passes (dim 0).
+
+    "epistemic": the variance of the sigmoid probability over the passes (paper eq. 7).
+    "predictive": the variance of the ensemble's Bernoulli prediction, p̄(1 - p̄), which is that
+    variance plus the passes' mean p_t(1 - p_t) (law of total variance). It also flags points every
+    pass agrees are near 0.5, and ranks wrong pixels better (see the README's model card).
+    """
+    probs = torch.sigmoid(mc_logits)
+    if kind == "epistemic":
+        return probs.var(dim=0, unbiased=False)
+    if kind == "predictive":
+        mean = probs.mean(dim=0)
+        return mean * (1.0 - mean)
+    raise ValueError(f"unknown uncertainty kind {kind!r}")
 
 
 def refine_count(n_points: int, fraction: float) -> int:
