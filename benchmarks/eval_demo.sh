@@ -14,3 +14,7 @@ done
 echo "== eval_kvasir at half (128x128) and double (512x512) the 256x256 input"
 $IMEDSAM evaluate --model "$MODEL" --images "$WORK/eval_kvasir/images" --masks "$WORK/eval_kvasir/masks" --size 128,128
 $IMEDSAM evaluate --model "$MODEL" --images "$WORK/eval_kvasir/images" --masks "$WORK/eval_kvasir/masks" --size 512,512
+echo "== uncertainty: the paper's MC variance alone (epistemic) instead of the predictive variance"
+for set in eval_kvasir eval_mr eval_ct; do
+  $IMEDSAM evaluate --model "$MODEL" --images "$WORK/$set/images" --masks "$WORK/$set/masks" --uncertainty epistemic
+done

@@ -12,6 +12,7 @@ import numpy as np
 from .inference.predictor import Predictor
 from .inference.preprocess import CT_PRESETS, MR_PERCENTILES, InputError, IntensityWindow
 from .io.images import read_image, select_slice, write_array
+from .model.config import UNCERTAINTY_KINDS
 from .model.registry import REGISTRY, default_model, load_model
 from .model.weights import CheckpointError
 
@@ -214,6 +215,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     size = _numbers(args.size, 2, "--size (H,W)", int) if args.size else None
     samples = load_folder(args.images, args.masks)
     loaded = _load(args)
+    if args.uncertainty:
+        from dataclasses import replace
+
+        config = loaded.network.config
+        loaded.network.config = replace(config, decoder=replace(config.decoder, uncertainty=args.uncertainty))
     metrics = evaluate(Predictor(loaded, zoom=args.zoom or None), samples, output_size=size, baselines=args.baselines)
     if args.json:
         for row in metrics["rows"]:
@@ -221,7 +227,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps({k: v for k, v in metrics.items() if k != "rows"}))
     else:
         print(f"{loaded.model_id}: {metrics['n']} images, one tight box each: mean Dice {metrics['dice']:.4f}, "
-              f"IoU {metrics['iou']:.4f}, HD95 {metrics['hd95']:.2f} px; coarse Dice {metrics['coarse_dice']:.4f}; "
+              f"IoU {metrics['iou']:.4f}, HD95 {metrics['hd95']:.2f} px; coarse Dice {metrics['coarse_dice']:.4f} "
+              f"(refinement {100 * (metrics['dice'] - metrics['coarse_dice']):+.2f} points); "
               f"uncertainty AUROC for wrong pixels {metrics['uncertainty_auroc']:.3f}")
         if args.baselines:
             print(f"  baselines on the same boxes: box as mask Dice {metrics['box_dice']:.4f} "
@@ -275,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--masks", required=True)
     evaluate.add_argument("--size", default=None, help="output size H,W (masks are resampled to it)")
     evaluate.add_argument("--json", action="store_true", help="one JSON line per image, then the means")
+    evaluate.add_argument("--uncertainty", choices=UNCERTAINTY_KINDS, default=None,
+                          help="uncertainty to score and refine by (default: the model's own, predictive)")
     evaluate.add_argument("--baselines", action="store_true",
                           help="also score the box itself and GrabCut (OpenCV) on the same boxes")
     evaluate.set_defaults(func=cmd_evaluate)

@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"write the result over the bundled model ({BUNDLED}) instead of WORK/{BUNDLED.name}")
     args = parser.parse_args(argv)
     recipe = ("python -m src_train.demo_recipe --shared ../shared/data --work artifacts/demo_recipe "
-              f"--minutes {args.minutes:g} --seed {args.seed}")
+              f"--minutes {args.minutes:g} --seed {args.seed}" + (" --install" if args.install else ""))
     counts = build(args.shared, args.work, seed=args.seed)
     print(json.dumps(counts, indent=2))
     if args.prepare_only:

@@ -161,6 +161,10 @@ def test_train_and_evaluate_cli(tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     rows = [json.loads(line) for line in lines]
     assert len(rows) == 7 and {"name", "dice", "hd95"} <= set(rows[0]) and rows[-1]["n"] == 6
+    assert main(["evaluate", "--model", "tiny", "--adapters", str(adapters), "--images", str(images),
+                 "--masks", str(masks), "--json", "--uncertainty", "epistemic"]) == 0
+    epistemic = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert epistemic[-1]["uncertainty_auroc"] != rows[-1]["uncertainty_auroc"]  # scored by another map
     assert main(["train", "--model", "tiny", "--data", str(images), "--out", str(tmp_path / "o")]) == 2
     assert "expected an I-MedSAM export" in capsys.readouterr().err
 

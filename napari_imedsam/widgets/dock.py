@@ -32,6 +32,7 @@ from ..model.weights import trainable_state
 
 BOXES, LABELS = "I-MedSAM boxes", "I-MedSAM labels"
 COARSE, UNCERTAINTY = "I-MedSAM coarse probability", "I-MedSAM uncertainty"
+UNCERTAINTY_LIMITS = (0.0, 0.25)  # predictive variance p(1 - p) peaks at 0.25 where p = 0.5
 UNTRAINED_TINY = "tiny (untrained, for testing)"
 CHECKPOINT = "checkpoint file…"
 WINDOWS = ["auto", "layer contrast limits", *(f"CT {name}" for name in CT_PRESETS), "MR percentiles"]
@@ -222,7 +223,7 @@ class IMedSAMWidget(QWidget):
                                                    opacity=0.4, contrast_limits=(0, 1), visible=False, **place))
         uncertainty = self._layer(UNCERTAINTY, lambda: Image(np.zeros(shape, np.float32), name=UNCERTAINTY,
                                                              colormap="inferno", blending="additive",
-                                                             contrast_limits=(0, 0.05), **place))
+                                                             contrast_limits=UNCERTAINTY_LIMITS, **place))
         boxes = self._layer(BOXES, lambda: Shapes(ndim=len(shape), name=BOXES, edge_color="lime",
                                                   face_color="transparent", edge_width=2, **place))
         if id(boxes) not in self._connected:
