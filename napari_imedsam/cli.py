@@ -264,7 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="fine-tune on an export or an images/ + masks/ folder")
     _add_model_args(train)
     train.add_argument("--data", required=True, help="export folder (prompts.jsonl) or folder with images/, masks/")
-    train.add_argument("--mode", default="decoder", choices=["decoder", "adapters", "full"])
+    train.add_argument("--mode", default="decoder", choices=["decoder", "adapters", "full", "fine"],
+                       help="decoder (CPU default), adapters (LoRA + FA + decoder), full (every weight), "
+                            "fine (the fine INR alone)")
     train.add_argument("--out", required=True, help="output folder; versions go to OUT/adapters/NAME/vNNN")
     train.add_argument("--name", default="default")
     train.add_argument("--epochs", type=int, default=20)

@@ -1,6 +1,7 @@
 """The bundled demo model's recipe: build the training and held-out sets from the shared data, train.
 
-    python -m src_train.demo_recipe --shared ../shared/data --work artifacts/demo_recipe --minutes 55 --install
+    python -m src_train.demo_recipe --shared ../shared/data --work artifacts/demo_recipe --minutes 55 \
+        --fine-minutes 5 --install
 
 Training data (never shipped; only the trained weights are): Kvasir-SEG polyps (5 of every 6
 images; research/education terms), BraTS 2013 slices of patients 3, 4, 5 (CC BY-NC-SA 3.0): FLAIR
@@ -8,7 +9,8 @@ with the whole-tumour mask and T1c with the tumour-core mask, generated ellipse 
 generated CT-like scenes (`scenes.py`: many touching structures, two targets per scene). Held out
 for evaluation: every 6th Kvasir image, BraTS patient 6 (FLAIR, whole tumour), and all CT slices
 (one sample per structure; no real CT is trained on). The tiny I-MedSAM backbone trains from
-scratch in `full` mode with zoom and augmentation.
+scratch in `full` mode with zoom and augmentation, then its fine INR alone (`fine` mode) on the
+points UGS picks, and the result is written whole in float16.
 """
 
 from __future__ import annotations
@@ -107,45 +109,57 @@ DATA_TERMS = ("Kvasir-SEG (research and education only), BraTS 2013 FLAIR and T1
               "(CC BY-NC-SA 3.0), generated ellipse phantoms and CT-like scenes")
 
 
-def package(trained: Path, target: Path, counts: dict, recipe: str) -> Path:
-    """The shipped file: the trained whole model in float16 with the recipe, data terms and counts
-    added to the trainer's header (config, options, metrics, data manifest hash)."""
+def package(trained: Path, fine_stage: Path, target: Path, counts: dict, recipe: str) -> Path:
+    """The shipped file: the `full`-mode model with its `fine`-stage fine INR, whole, in float16; the
+    header keeps the first stage's (config, options, metrics, data manifest hash), adds the second
+    stage's options and metrics, the recipe, the data terms and the file counts."""
+    from napari_imedsam.model.registry import load_model
     from napari_imedsam.model.weights import atomic_save_safetensors, read_safetensors
 
-    tensors, header = read_safetensors(trained)
-    half = {k: (v.half() if v.is_floating_point() else v) for k, v in tensors.items()}
+    _, header = read_safetensors(trained)
+    _, fine_header = read_safetensors(fine_stage)
+    network = load_model(trained, adapters=fine_stage, progress=False).network
+    half = {k: (v.half() if v.is_floating_point() else v) for k, v in network.state_dict().items()}
     header = {**header, "recipe": recipe, "data": DATA_TERMS, "precision": "float16 weights, loaded as float32",
+              "fine_stage": {k: fine_header.get(k) for k in ("options", "metrics", "metrics_before", "time")},
               "counts": {k: v for k, v in counts.items() if k != "train_manifest_sha256"},
               "training_files_sha256": counts["train_manifest_sha256"]}
     return atomic_save_safetensors(half, target, header)
+
+
+def _train(stage: list[str], data: Path, minutes: float, seed: int, out: Path, name: str) -> Path:
+    from napari_imedsam.cli import main as cli
+
+    status = cli(["train", *stage, "--data", str(data), "--zoom", "--epochs", "100000", "--max-seconds",
+                  str(minutes * 60), "--seed", str(seed), "--batch-size", "8", "--val-fraction", "0.1",
+                  "--out", str(out), "--name", name, "--device", "cpu"])
+    if status:
+        raise SystemExit(status)
+    return max((out / "adapters" / name).glob("v*.safetensors"))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", type=Path, default=Path("../shared/data"))
     parser.add_argument("--work", type=Path, default=Path("artifacts/demo_recipe"))
-    parser.add_argument("--minutes", type=float, default=55.0)
+    parser.add_argument("--minutes", type=float, default=55.0, help="first stage: every weight (full mode)")
+    parser.add_argument("--fine-minutes", type=float, default=5.0, help="second stage: the fine INR alone")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--prepare-only", action="store_true")
     parser.add_argument("--install", action="store_true",
                         help=f"write the result over the bundled model ({BUNDLED}) instead of WORK/{BUNDLED.name}")
     args = parser.parse_args(argv)
     recipe = ("python -m src_train.demo_recipe --shared ../shared/data --work artifacts/demo_recipe "
-              f"--minutes {args.minutes:g} --seed {args.seed}" + (" --install" if args.install else ""))
+              f"--minutes {args.minutes:g} --fine-minutes {args.fine_minutes:g} --seed {args.seed}"
+              + (" --install" if args.install else ""))
     counts = build(args.shared, args.work, seed=args.seed)
     print(json.dumps(counts, indent=2))
     if args.prepare_only:
         return 0
-    from napari_imedsam.cli import main as cli
-
-    status = cli(["train", "--model", "tiny", "--data", str(args.work / "train"), "--mode", "full", "--zoom",
-                  "--augment", "--epochs", "100000", "--max-seconds", str(args.minutes * 60), "--seed",
-                  str(args.seed), "--batch-size", "8", "--val-fraction", "0.1", "--out", str(args.work / "out"),
-                  "--name", "demo", "--device", "cpu"])
-    if status:
-        return status
-    trained = max((args.work / "out" / "adapters" / "demo").glob("v*.safetensors"))
-    target = package(trained, BUNDLED if args.install else args.work / BUNDLED.name, counts, recipe)
+    data, out = args.work / "train", args.work / "out"
+    trained = _train(["--model", "tiny", "--mode", "full", "--augment"], data, args.minutes, args.seed, out, "demo")
+    fine = _train(["--model", str(trained), "--mode", "fine"], data, args.fine_minutes, args.seed, out, "demo_fine")
+    target = package(trained, fine, BUNDLED if args.install else args.work / BUNDLED.name, counts, recipe)
     print(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB)")
     return 0
 

@@ -26,10 +26,13 @@ def coarse_fine_weights(progress: float) -> tuple[float, float]:
     return 0.8 - 0.6 * progress, 0.2 + 0.6 * progress
 
 
-def imedsam_loss(outputs: dict[str, torch.Tensor], targets: torch.Tensor, progress: float) -> torch.Tensor:
+def imedsam_loss(outputs: dict[str, torch.Tensor], targets: torch.Tensor, progress: float,
+                 fine_only: bool = False) -> torch.Tensor:
     """Weighted coarse + fine loss; the fine INR is supervised at the points UGS selected."""
-    w_coarse, w_fine = coarse_fine_weights(progress)
     fine_targets = targets.gather(1, outputs["fine_index"])
+    if fine_only:
+        return bce_dice_loss(outputs["fine_logit"], fine_targets)
+    w_coarse, w_fine = coarse_fine_weights(progress)
     return w_coarse * bce_dice_loss(outputs["coarse_logit"], targets) + w_fine * bce_dice_loss(
         outputs["fine_logit"], fine_targets
     )

@@ -1,10 +1,11 @@
-"""The trainer: decoder / adapters / full modes, validation metrics, versioned checkpoints.
+"""The trainer: decoder / adapters / full / fine modes, validation metrics, versioned checkpoints.
 
 `decoder` (CPU default): frozen encoder, embeddings computed once; trains the prompt encoder,
 output upscaling and both INRs. `adapters` (the paper's setting, wants a GPU): LoRA + frequency
 adapters too, encoder run every step. `full`: every weight, for a small backbone trained from
-scratch. AdamW with 5e-5 for encoder adapters and 1e-3 for the decoder parts (full mode trains
-the encoder's own weights at `lr_encoder`).
+scratch. `fine`: the fine INR alone, on the points UGS picks, everything else frozen (a last stage
+after `full`: Dec_f learns to correct a settled coarse INR). AdamW with 5e-5 for encoder adapters
+and 1e-3 for the decoder parts (full mode trains the encoder's own weights at `lr_encoder`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from .fit import DECODER_GROUPS, EncodedExample, make_batch
 from .losses import imedsam_loss
 from .metrics import dice, hd95, iou
 
-MODES = ("decoder", "adapters", "full")
+MODES = ("decoder", "adapters", "full", "fine")
 VERSION_PATTERN = re.compile(r"^v(\d{3,})\.safetensors$")
 
 
@@ -134,6 +135,8 @@ def next_version_path(folder: Path) -> Path:
 
 def _trainable(network, mode: str, options: TrainOptions) -> list[dict]:
     groups = network.parameter_groups()
+    if mode == "fine":
+        return [{"params": [p for _, p in groups["fine_inr"]], "lr": options.lr_decoder}]
     decoder = [p for g in DECODER_GROUPS for _, p in groups[g]]
     param_groups = [{"params": decoder, "lr": options.lr_decoder}]
     if mode in ("adapters", "full"):
@@ -208,7 +211,7 @@ def train(loaded: LoadedModel, samples: list[Sample], options: TrainOptions, out
     if options.zoom:
         train_set = zoom_samples(train_set, options.zoom_margin)
 
-    frozen_encoder = options.mode == "decoder"
+    frozen_encoder = options.mode in ("decoder", "fine")
     if frozen_encoder:
         window = UNIT if options.zoom else None
         encoded = [EncodedExample(predictor.embed(s.image, window), s.mask, s.box_xyxy) for s in train_set]
@@ -246,7 +249,7 @@ def train(loaded: LoadedModel, samples: list[Sample], options: TrainOptions, out
             if options.cosine:
                 for group, base_lr in zip(optimizer.param_groups, base_lrs):
                     group["lr"] = base_lr * cosine_factor(progress)
-            loss = imedsam_loss(outputs, batch["labels"], progress=progress)
+            loss = imedsam_loss(outputs, batch["labels"], progress=progress, fine_only=options.mode == "fine")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

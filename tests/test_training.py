@@ -221,3 +221,30 @@ def test_zoom_training_records_inference_mode_in_the_header(tmp_path):
     assert report.after["dice"] > report.before["dice"]
     reloaded = untrained("tiny", adapters=report.version_path)
     assert reloaded.zoom and Predictor(reloaded).zoom  # used with zoom by default, as trained
+
+
+def test_fine_mode_trains_only_the_fine_inr_and_the_recipe_packages_both_stages(tmp_path):
+    from napari_imedsam.model.registry import load_model
+    from napari_imedsam.model.weights import save_model
+    from src_train.demo_recipe import package
+
+    export_slices(tmp_path / "data", phantom_slices(4))
+    samples = load_dataset(tmp_path / "data")
+    loaded = untrained()
+    first_stage = save_model(loaded.network, tmp_path / "stage1.safetensors", {"mode": "full", "metrics": {}})
+    loaded = load_model(first_stage)
+    before = {k: v.clone() for k, v in loaded.network.state_dict().items()}
+    report = train(loaded, samples, TrainOptions(mode="fine", epochs=2, batch_size=2, n_points=256), tmp_path / "out")
+    after = loaded.network.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("fine_inr.") for k in changed)
+
+    counts = {"train": 4, "train_manifest_sha256": "ab" * 32}
+    shipped = package(first_stage, report.version_path, tmp_path / "demo.safetensors", counts, "recipe cmd")
+    tensors, header = read_safetensors(shipped)
+    assert all(v.dtype == torch.float16 for k, v in tensors.items() if v.is_floating_point())
+    assert header["recipe"] == "recipe cmd" and header["fine_stage"]["options"]["mode"] == "fine"
+    assert header["training_files_sha256"] == "ab" * 32 and "research and education only" in header["data"]
+    reloaded = load_model(shipped).network.state_dict()
+    for key in changed:  # the second stage's fine INR is in the shipped file (to float16 precision)
+        assert torch.allclose(reloaded[key], after[key].half().float())
