@@ -72,7 +72,8 @@ def headless(model: str, out: Path) -> int:
     return 0
 
 
-def gui(model: str) -> int:
+def gui(model: str, screenshot: Path | None = None, timeout_s: float = 120.0) -> int:
+    """The napari demo; with `screenshot`, save the window once the first box is segmented and quit."""
     import napari
 
     from ._sample_data import CT_SAMPLES, load_ct_slice
@@ -87,9 +88,27 @@ def gui(model: str) -> int:
     widget.set_model(load_model(model))
     _, labels, names = load_ct_slice(CT_SAMPLES["ct_abdomen"])
     x0, y0, x1, y1 = box_of_mask(labels == names.index("liver_000") + 1)
-    widget.ensure_layers()[0].add_rectangles(np.array([[y0, x0], [y1, x1]]))  # a first box, on the liver
+    boxes, labels_layer, _, _ = widget.ensure_layers()
+    boxes.add_rectangles(np.array([[y0, x0], [y1, x1]]))  # a first box, on the liver
+    if screenshot is not None:
+        _screenshot_when_segmented(viewer, labels_layer, screenshot, time.monotonic() + timeout_s)
     napari.run()
     return 0
+
+
+def _screenshot_when_segmented(viewer, labels_layer, path: Path, deadline: float) -> None:
+    from qtpy.QtCore import QTimer
+
+    def poll() -> None:
+        if labels_layer.data.any() or time.monotonic() > deadline:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            viewer.window.screenshot(path=str(path), flash=False)
+            print(f"wrote {path}" if labels_layer.data.any() else f"wrote {path} (timed out before a mask)")
+            viewer.close()
+        else:
+            QTimer.singleShot(250, poll)
+
+    QTimer.singleShot(250, poll)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="default: the bundled demo model")
     parser.add_argument("--headless", action="store_true", help="no window: print Dice on sample structures")
     parser.add_argument("--out", type=Path, default=Path("artifacts/demo"))
+    parser.add_argument("--screenshot", type=Path, default=None,
+                        help="napari window: save a screenshot once the first box is segmented, then quit")
     args = parser.parse_args(argv)
     model = args.model or default_model()
     has_display = bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
@@ -105,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.headless:
             print("no display: running the headless demo (use a desktop session for the napari window)")
         return headless(model, args.out)
-    return gui(model)
+    return gui(model, args.screenshot)
 
 
 if __name__ == "__main__":

@@ -222,7 +222,7 @@ class IMedSAMWidget(QWidget):
         coarse = self._layer(COARSE, lambda: Image(np.zeros(shape, np.float32), name=COARSE, colormap="gray",
                                                    opacity=0.4, contrast_limits=(0, 1), visible=False, **place))
         uncertainty = self._layer(UNCERTAINTY, lambda: Image(np.zeros(shape, np.float32), name=UNCERTAINTY,
-                                                             colormap="inferno", blending="additive",
+                                                             colormap="inferno", blending="additive", opacity=0.6,
                                                              contrast_limits=UNCERTAINTY_LIMITS, **place))
         boxes = self._layer(BOXES, lambda: Shapes(ndim=len(shape), name=BOXES, edge_color="lime",
                                                   face_color="transparent", edge_width=2, **place))
