@@ -253,3 +253,17 @@ def test_missing_model_file_is_one_notification(docked, qtbot, tmp_path, monkeyp
     qtbot.waitUntil(lambda: bool(messages), timeout=20000)
     assert len(messages) == 1 and "missing.pth: no such model file" in messages[0]
     assert widget.model is None
+
+
+def test_make_demo_window_segments_the_first_box_and_saves_a_screenshot(tmp_path):
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    shot = tmp_path / "window.png"
+    run = subprocess.run([sys.executable, "-m", "napari_imedsam.demo", "--screenshot", str(shot)],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert f"wrote {shot}" in run.stdout and "timed out" not in run.stdout  # the liver box was segmented
+    assert np.asarray(Image.open(shot)).std() > 10  # a drawn window, not a blank frame
