@@ -99,8 +99,9 @@ def ct_scene(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarra
                 canvas.image[fissure] = air + rng.uniform(0.0, 0.12)
             else:
                 canvas.paint(lung, air, "lung")
+            lung_rc = np.argwhere(lung)
             for _ in range(int(rng.integers(3, 15))):  # vessels: change the image, not the labels
-                vr, vc = np.argwhere(lung)[rng.integers(0, lung.sum())]
+                vr, vc = lung_rc[rng.integers(0, len(lung_rc))]
                 dot = star_shape(canvas.image.shape, (vr, vc), tuple(rng.uniform(0.5, 2.5, 2)), rng, 0.1) & lung
                 canvas.image[dot] = tissue + rng.uniform(-0.05, 0.1)
     for _ in range(int(rng.integers(2, 7))):  # organs
