@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_imedsam.inference.windows import IntensityWindow
 from napari_imedsam.io.export import read_prompts
 from napari_imedsam.io.images import read_image
 
@@ -26,6 +27,7 @@ class Sample:
     mask: np.ndarray
     box_xyxy: np.ndarray
     name: str
+    window: IntensityWindow | None = None  # how the user saw it (None: automatic)
 
 
 def _stem(path: Path) -> str:
@@ -49,8 +51,9 @@ def load_export(folder: str | os.PathLike) -> list[Sample]:
                     for c in range(int(row.get("channels", 1)))]
         image = channels[0] if len(channels) == 1 else np.stack(channels, axis=-1)
         mask = labels == row["label"]
+        window = IntensityWindow(**row["window"]) if isinstance(row.get("window"), dict) else None
         if mask.any():
-            samples.append(Sample(image, mask, np.asarray(row["box_xyxy"], float), f"{case}:{row['label']}"))
+            samples.append(Sample(image, mask, np.asarray(row["box_xyxy"], float), f"{case}:{row['label']}", window))
     return samples
 
 

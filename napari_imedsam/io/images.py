@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .._atomic import atomic_write
-from ..inference.preprocess import InputError
+from ..errors import InputError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 TIFF_SUFFIXES = (".tif", ".tiff")
