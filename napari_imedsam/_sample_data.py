@@ -48,6 +48,10 @@ def ct_thorax() -> list[tuple]:
     return _ct_layers(CT_SAMPLES["ct_thorax"], "CT thorax")
 
 
+def ct_pelvis() -> list[tuple]:
+    return _ct_layers(CT_SAMPLES["ct_pelvis"], "CT pelvis")
+
+
 def phantom_3d() -> list[tuple]:
     volume, labels = phantom_volume()
     scale = PHANTOM_SPACING

@@ -101,12 +101,12 @@ class TrainReport:
         """One line for the user: before -> after on the held-back samples, and how many there were."""
         if not self.n_val:
             return "no held-back samples: Dice before/after not measured (accept more slices)"
-        line = (f"Dice on {self.n_val} held-back accepted object(s): before {self.before['dice']:.3f} -> "
+        line = (f"Dice on {self.n_val} held-back sample(s): before {self.before['dice']:.3f} -> "
                 f"after {self.after['dice']:.3f}")
         if self.kept_base:
             line += " (training did not beat the starting weights on them, so those were kept)"
         if self.n_val < 3:
-            line += f"; only {self.n_val} held back, so this is a rough check: accept more slices"
+            line += f"; only {self.n_val} held back, so this is a rough check: add more samples (accept more slices)"
         return line
 
 

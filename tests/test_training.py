@@ -154,7 +154,7 @@ def test_train_and_evaluate_cli(tmp_path, capsys):
     code = main(["train", "--model", "tiny", "--data", str(tmp_path), "--mode", "decoder", "--epochs", "3",
                  "--out", str(tmp_path / "out"), "--seed", "1"])
     out = capsys.readouterr().out
-    assert code == 0 and "validation Dice: before" in out and "v001.safetensors" in out
+    assert code == 0 and "held-back sample(s): before" in out and "v001.safetensors" in out
     adapters = tmp_path / "out" / "adapters" / "default" / "v001.safetensors"
     assert main(["evaluate", "--model", "tiny", "--adapters", str(adapters), "--images", str(images),
                  "--masks", str(masks), "--json"]) == 0

@@ -10,6 +10,8 @@ from napari.components import ViewerModel
 from napari.settings import get_settings
 from napari.utils.action_manager import action_manager
 
+from .state import identity
+
 # action name -> (default key, description, what the dock does)
 ACTIONS: dict[str, tuple[str, str, str]] = {
     "napari-imedsam:toggle_uncertainty": ("Shift-U", "I-MedSAM: show or hide the uncertainty heatmap",
@@ -26,7 +28,7 @@ _DOCKS: dict[int, object] = {}  # viewer id -> the dock that handles its keys
 
 def _command(method: str) -> Callable:
     def run(viewer: ViewerModel) -> None:
-        dock = _DOCKS.get(id(viewer))
+        dock = _DOCKS.get(identity(viewer))
         if dock is not None:
             getattr(dock, method)()
     run.__name__ = method
@@ -35,7 +37,7 @@ def _command(method: str) -> Callable:
 
 def register(viewer, dock) -> None:
     """Route this viewer's I-MedSAM keys to `dock` (registering the actions once per process)."""
-    _DOCKS[id(viewer)] = dock
+    _DOCKS[identity(viewer)] = dock
     chosen = get_settings().shortcuts.shortcuts
     for name, (key, description, method) in ACTIONS.items():
         action_manager.register_action(name, _command(method), description, ViewerModel)
@@ -44,8 +46,8 @@ def register(viewer, dock) -> None:
 
 
 def unregister(viewer, dock) -> None:
-    if _DOCKS.get(id(viewer)) is dock:
-        del _DOCKS[id(viewer)]
+    if _DOCKS.get(identity(viewer)) is dock:
+        del _DOCKS[identity(viewer)]
 
 
 def shortcut(name: str) -> str:

@@ -32,6 +32,7 @@ from . import actions, state
 from .finetune import FineTuner
 from .layers import BOXES, LABELS, UNCERTAINTY, LayerSet
 from .prompts import BoxPrompter
+from .state import identity
 from .volume import VolumeActions
 from .workers import Workers
 
@@ -112,6 +113,7 @@ class IMedSAMWidget(QWidget):
         self.setLayout(layout)
         self.model_combo.changed.connect(lambda v: setattr(self.checkpoint, "visible", v == CHECKPOINT))
         self.load_button.clicked.connect(self.load_selected_model)
+        self.image_combo.changed.connect(self._image_changed)
         self.show_uncertainty.changed.connect(self._show_uncertainty)
         self.propagate_button.clicked.connect(self.propagate)
         self.cancel_button.clicked.connect(self.volume.cancel)
@@ -150,7 +152,21 @@ class IMedSAMWidget(QWidget):
         self.state.versions = {"base": ({k: v.clone() for k, v in trainable_state(loaded.network).items()},
                                         loaded.adapter_version)}
         self.version_combo.choices = ["base"]
-        self.set_status(f"Model {loaded.model_id} ready on {loaded.device}. Draw a box on the image.")
+        self._image_changed()
+        if not self.status_text().startswith("Error"):
+            self.set_status(f"Model {loaded.model_id} ready on {loaded.device}. Draw a box on "
+                            f"'{self.image_layer().name}'." if self.image_layer() is not None else
+                            f"Model {loaded.model_id} ready on {loaded.device}. Open an image, then draw a box.")
+
+    def _image_changed(self, _=None) -> None:
+        """A model and an image: create the I-MedSAM layers (ready to draw) and embed in the background."""
+        if self.state.predictor is None or self.image_layer() is None:
+            return
+        try:
+            self.session()
+        except (InputError, ValueError) as exc:
+            self.error(str(exc))
+            return
         self._prefetch()
 
     # ---- layers and the session ------------------------------------------------------------------
@@ -176,14 +192,15 @@ class IMedSAMWidget(QWidget):
     def ensure_layers(self) -> tuple:
         layers = self.layer_set()
         boxes, labels, coarse, uncertainty = layers.ensure()
-        if id(boxes) not in self._connected:
-            self._connected.add(id(boxes))
+        if identity(boxes) not in self._connected:
+            self._connected.add(identity(boxes))
             boxes.events.data.connect(self.prompter.on_data)
             if len(boxes.data) == 0:
                 boxes.mode = "add_rectangle"  # ready to draw
-        if id(labels) not in self._connected:
-            self._connected.add(id(labels))
+        if identity(labels) not in self._connected:
+            self._connected.add(identity(labels))
             labels.events.paint.connect(self._on_paint)
+            self._show_uncertainty(self.show_uncertainty.value)
         return boxes, labels, coarse, uncertainty
 
     def window(self) -> IntensityWindow | None:
@@ -208,11 +225,11 @@ class IMedSAMWidget(QWidget):
     def _on_paint(self, event) -> None:
         """Remember what the user painted or erased: model results never overwrite it."""
         labels = self.labels_layer()
-        edited = self.state.edited.get(id(labels))
+        edited = self.state.edited.get(identity(labels))
         if edited is None or edited.shape != labels.data.shape:
             import numpy as np
 
-            edited = self.state.edited[id(labels)] = np.zeros(labels.data.shape, bool)
+            edited = self.state.edited[identity(labels)] = np.zeros(labels.data.shape, bool)
         for atom in event.value:
             if hasattr(atom, "slice_key"):
                 region = edited[atom.slice_key]
@@ -236,8 +253,12 @@ class IMedSAMWidget(QWidget):
 
     # ---- actions (buttons and keys) ---------------------------------------------------------------
     def _show_uncertainty(self, visible: bool) -> None:
+        """Heatmap on: masks are drawn as outlines over it, so both stay readable; off: filled masks."""
         if UNCERTAINTY in self.viewer.layers:
             self.viewer.layers[UNCERTAINTY].visible = visible
+        labels = self.labels_layer()
+        if labels is not None:
+            labels.contour, labels.opacity = (2, 0.9) if visible else (0, 0.6)
 
     def toggle_uncertainty(self) -> None:
         self.show_uncertainty.value = not self.show_uncertainty.value

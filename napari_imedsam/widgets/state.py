@@ -33,29 +33,35 @@ class ViewerState:
 _STATES: dict[int, ViewerState] = {}
 
 
+def identity(obj) -> int:
+    """A stable id for a napari object: plugins receive proxies (napari's PublicOnlyProxy), a new one
+    per attribute access, so the id of the object behind the proxy is used."""
+    return id(getattr(obj, "__wrapped__", obj))
+
+
 def state_of(viewer) -> ViewerState:
-    return _STATES.setdefault(id(viewer), ViewerState())
+    return _STATES.setdefault(identity(viewer), ViewerState())
 
 
 def forget(viewer) -> None:
     """The viewer closed: drop its state (models and sessions are freed)."""
-    _STATES.pop(id(viewer), None)
+    _STATES.pop(identity(viewer), None)
 
 
 def session_for(state: ViewerState, image, labels, axis: int | None, window, rgb: bool) -> AnnotationSession:
     """The session for this image/labels/axis (created on first use), with the current model and window."""
     from ..inference.session import AnnotationSession
 
-    key = (id(image), id(labels), id(labels.data), axis)
+    key = (identity(image), identity(labels), id(labels.data), axis)
     session = state.sessions.get(key)
     if session is None:
-        edited = state.edited.get(id(labels))
+        edited = state.edited.get(identity(labels))
         if edited is None or edited.shape != labels.data.shape:
-            edited = state.edited[id(labels)] = np.zeros(labels.data.shape, bool)
+            edited = state.edited[identity(labels)] = np.zeros(labels.data.shape, bool)
         session = AnnotationSession(state.predictor, np.asarray(image.data), labels.data, rgb=rgb, window=window,
                                     user_edited=edited, axis=axis)
-        session.accepted = state.accepted.setdefault((id(labels), axis), set())
-        session.exported = state.exported.setdefault((id(labels), axis), set())
+        session.accepted = state.accepted.setdefault((identity(labels), axis), set())
+        session.exported = state.exported.setdefault((identity(labels), axis), set())
         state.sessions[key] = session
     else:
         session.set_window(window)

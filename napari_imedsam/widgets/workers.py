@@ -64,9 +64,11 @@ class Workers(QObject):
             worker.yielded.connect(guarded(on_yield))
 
         def finished() -> None:
+            if self.closed:  # the window (and maybe this QObject) is gone
+                return
             if self._running.get(name) is worker:
                 del self._running[name]
-            if on_done is not None and not self.closed:
+            if on_done is not None:
                 on_done()
             if not self._running:
                 self.idle.emit()
@@ -88,4 +90,5 @@ class Workers(QObject):
         for worker in list(self._running.values()):
             if hasattr(worker, "quit"):
                 worker.quit()
-        QThreadPool.globalInstance().waitForDone(timeout_ms)
+        if QThreadPool.globalInstance().waitForDone(timeout_ms):
+            self._running.clear()  # their queued 'finished' signals are dropped with the window
