@@ -1,4 +1,5 @@
-"""npe2 reader (NIfTI -> image layer with spacing as scale and the origin as translate) and writer (labels -> NIfTI with the source affine)."""
+"""npe2 reader (NIfTI -> image layer: spacing as scale, origin as translate) and writer (labels -> NIfTI
+with the source affine)."""
 
 from __future__ import annotations
 

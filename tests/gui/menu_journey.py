@@ -11,7 +11,6 @@ import sys
 import time
 
 import napari
-import numpy as np
 from qtpy.QtWidgets import QApplication, QMainWindow, QMenu
 
 from napari_imedsam._sample_data import CT_SAMPLES, load_ct_slice
