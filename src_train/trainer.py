@@ -57,6 +57,7 @@ class TrainOptions:
     cosine: bool = True  # learning rates follow a cosine from 100 % to 10 % over the run
     steps: int | None = None  # total optimizer steps (overrides epochs); validation every `validate_every`
     validate_every: int | None = None  # steps between validations with `steps` (default: a tenth of them)
+    keep_start: bool = True  # the starting weights compete with every validation round (never return worse)
 
 
 def run_progress(step: int, total_steps: int, elapsed: float, max_seconds: float | None) -> float:
@@ -259,7 +260,7 @@ def train(loaded: LoadedModel, samples: list[Sample], options: TrainOptions, out
     total_steps = options.steps or steps_per_epoch * epochs
     # The starting weights compete too: a run that does not beat them on the held-back samples keeps them.
     best_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
-    best_dice = before["dice"] if val_set else -float("inf")
+    best_dice = before["dice"] if val_set and options.keep_start else -float("inf")
     history, kept_base = [], True
     start, step, cancelled = time.perf_counter(), 0, False
     for epoch in range(epochs):
