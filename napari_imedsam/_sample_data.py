@@ -9,6 +9,7 @@ from PIL import Image
 
 from .io.phantoms import phantom_volume
 
+
 def sample_dir() -> Path:
     """`sample_data/`: inside the installed wheel (mapped there at build time), else the source tree's root."""
     packaged = Path(__file__).resolve().parent / "sample_data"
