@@ -232,6 +232,10 @@ def train(loaded: LoadedModel, samples: list[Sample], options: TrainOptions, out
     zoom = loaded.zoom if options.zoom is None else bool(options.zoom)
     zoom_margin = loaded.zoom_margin if options.zoom_margin is None else float(options.zoom_margin)
     loaded.zoom, loaded.zoom_margin = zoom, zoom_margin
+    if world > 1:  # every rank starts from rank 0's weights: "before" and the kept start are the same everywhere
+        with torch.no_grad():
+            for tensor in network.state_dict().values():
+                dist.broadcast(tensor, src=0)
     predictor = Predictor(loaded)
     before = evaluate(predictor, val_set) if val_set else {}
     if zoom:
