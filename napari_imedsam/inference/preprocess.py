@@ -77,8 +77,9 @@ def normalize_intensity(image: np.ndarray, window: IntensityWindow | None = None
     elif mode == "unit":
         scaled = data
     elif mode == "window":
-        if window.width <= 0:
-            raise InputError(f"window width must be positive, got {window.width}")
+        if not (np.isfinite(window.level) and np.isfinite(window.width) and window.width > 0):
+            raise InputError(f"window level must be a number and width a positive number, got "
+                             f"{window.level}, {window.width}")
         low = window.level - window.width / 2.0
         scaled = (data - low) / window.width
     elif mode in ("percentile", "minmax"):
@@ -173,6 +174,19 @@ def validate_box(box_xyxy: np.ndarray, shape_hw: tuple[int, int]) -> np.ndarray:
     if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
         raise InputError(f"box {box.tolist()} covers no area inside the image")
     return clipped
+
+
+def box_has_contrast(image: np.ndarray, box_xyxy: np.ndarray, window: IntensityWindow | None = None) -> bool:
+    """Whether the pixels in the box differ at all (after a CT window): a constant or all-NaN region
+    gives the encoder nothing to see, and whatever mask comes out is meaningless."""
+    x0, y0, x1, y1 = box_xyxy
+    region = np.asarray(image)[int(np.floor(y0)):int(np.ceil(y1)) + 1, int(np.floor(x0)):int(np.ceil(x1)) + 1]
+    values = region[np.isfinite(region)].astype(np.float64) if region.dtype.kind == "f" else region.astype(np.float64)
+    if values.size == 0:
+        return False
+    if window is not None and window.mode == "window" and window.width > 0:
+        values = np.clip((values - (window.level - window.width / 2.0)) / window.width, 0.0, 1.0)
+    return bool(values.max() > values.min())
 
 
 def scale_box(box_xyxy: np.ndarray, from_hw: tuple[int, int], to_hw: tuple[int, int]) -> np.ndarray:
