@@ -53,6 +53,11 @@ def _stage(path: Path, writer: Writer) -> Path:
         with open(tmp, "r+b") as handle:  # on disk before it gets the final name
             os.fsync(handle.fileno())
         os.chmod(tmp, _default_mode())  # created 0600; give the file the usual permissions
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.filename is None and exc.errno is not None:  # e.g. ENOSPC from a write: name the file
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
