@@ -78,8 +78,8 @@ def normalize_intensity(image: np.ndarray, window: IntensityWindow | None = None
         scaled = data
     elif mode == "window":
         if not (np.isfinite(window.level) and np.isfinite(window.width) and window.width > 0):
-            raise InputError(f"window level must be a number and width a positive number, got "
-                             f"{window.level}, {window.width}")
+            raise InputError(f"window width must be positive and the level a number, got level {window.level}, "
+                             f"width {window.width}")
         low = window.level - window.width / 2.0
         scaled = (data - low) / window.width
     elif mode in ("percentile", "minmax"):

@@ -80,8 +80,12 @@ def config_from_header(data: Any) -> ModelConfig:
         raise ConfigError(f"config must be an object, found {type(data).__name__}")
     if not isinstance(data.get("name"), str) or not data["name"]:
         raise ConfigError("config has no name")
-    config = ModelConfig(name=data["name"], encoder=_section("encoder", EncoderConfig, data.get("encoder", {})),
-                         decoder=_section("decoder", DecoderConfig, data.get("decoder", {})))
+    _section("encoder", EncoderConfig, data.get("encoder"))
+    _section("decoder", DecoderConfig, data.get("decoder"))
+    try:  # the project's own constructor, once every field has passed
+        config = ModelConfig.from_dict(dict(data))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"config: {exc}") from None
     check_config(config)
     return config
 
