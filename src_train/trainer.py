@@ -31,10 +31,15 @@ from .data import Sample, manifest_sha256, split
 from .fit import DECODER_GROUPS, EncodedExample, make_batch
 from .losses import imedsam_loss
 from .metrics import dice, hd95, iou
-from .output import MODES, VERSION_PATTERN, check_name, check_options, next_version_path, prepare_output, save_result
-
-__all__ = ["MODES", "VERSION_PATTERN", "TrainOptions", "TrainReport", "check_name", "check_options", "evaluate",
-           "next_version_path", "train"]
+from .output import (  # noqa: F401  (MODES, VERSION_PATTERN, next_version_path: this module's API before output.py)
+    MODES,
+    VERSION_PATTERN,
+    check_name,
+    check_options,
+    next_version_path,
+    prepare_output,
+    save_result,
+)
 
 
 @dataclass
