@@ -2,16 +2,21 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# Pinned pair that imports together on a CPU-only machine; pyproject keeps loose ranges for users.
+# The tested set: every package pinned (napari, pandas, numpy, Qt bindings, the torch pair...).
+# pyproject keeps loose ranges for your own environments.
+CONSTRAINTS := requirements/constraints.txt
+# CPU-only machines: this pair imports together and is what pip finds on disk here.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+LATEST := .venv-latest
+PYTEST := if [ -z "$$DISPLAY" ] && command -v xvfb-run >/dev/null; then \
+	echo "no DISPLAY: running the tests under xvfb-run"; xvfb-run -a $(1) -m pytest -q; else $(1) -m pytest -q; fi
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench test-latest lock clean
 
-$(VENV)/.installed: pyproject.toml Makefile
+$(VENV)/.installed: pyproject.toml Makefile $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(TORCH_PINS)
-	$(PY) -m pip install --quiet -e ".[test]" $(TORCH_PINS)
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[test]"
 	touch $@
 
 venv: $(VENV)/.installed
@@ -22,12 +27,26 @@ demo: venv
 # GUI tests need a display: without one, they run under Xvfb (xvfb-run) when it is installed.
 test: venv
 	$(PY) -m ruff check napari_imedsam src_train tests benchmarks
-	@if [ -z "$$DISPLAY" ] && command -v xvfb-run >/dev/null; then \
-		echo "no DISPLAY: running the tests under xvfb-run"; xvfb-run -a $(PY) -m pytest -q; \
-	else $(PY) -m pytest -q; fi
+	@$(call PYTEST,$(PY))
+
+# The newest versions pip can resolve (only the CPU torch pair held), in a separate venv: a breaking
+# napari / pandas / numpy / Qt release shows up here first.
+test-latest:
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install --quiet --upgrade pip
+	$(LATEST)/bin/python -m pip install --quiet --upgrade $(TORCH_PINS) -e ".[test]"
+	$(LATEST)/bin/python -m pip freeze --exclude-editable | grep -Ei '^(napari|pandas|numpy|pyqt6|torch|magicgui)=='
+	@$(call PYTEST,$(LATEST)/bin/python)
+
+# Move the pins forward: test the newest set, then record it as the constraints.
+lock: test-latest
+	{ echo "# What 'make' installs: the exact set the test suite passed with (pip freeze, $$(date +%F))."; \
+	  echo "# Update: make lock (re-resolves the newest versions, runs the tests, rewrites this file)."; \
+	  $(LATEST)/bin/python -m pip freeze --exclude-editable | grep -v '^napari-imedsam'; } > $(CONSTRAINTS)
 
 bench: venv
 	$(PY) benchmarks/bench_decode.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(LATEST) build *.egg-info

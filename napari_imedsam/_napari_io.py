@@ -1,4 +1,5 @@
-"""npe2 reader (NIfTI -> image layer with spacing as scale) and writer (labels -> NIfTI with the source affine)."""
+"""npe2 reader (NIfTI -> image layer: spacing as scale, origin as translate) and writer (labels -> NIfTI
+with the source affine)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ def read_nifti_layers(path: str) -> list[tuple]:
     kwargs: dict[str, Any] = {"name": Path(path).name.split(".")[0], "metadata": meta}
     if image.spacing:
         kwargs["scale"] = image.spacing
+    if image.affine is not None:  # the scanner position of the first voxel, napari axis order (z, y, x)
+        kwargs["translate"] = tuple(float(v) for v in np.asarray(image.affine)[:image.data.ndim, 3][::-1])
     return [(image.data, kwargs, "image")]
 
 

@@ -9,7 +9,14 @@ from PIL import Image
 
 from .io.phantoms import phantom_volume
 
-CT_DIR = Path(__file__).parent / "sample_data" / "ct_slices"
+
+def sample_dir() -> Path:
+    """`sample_data/`: inside the installed wheel (mapped there at build time), else the source tree's root."""
+    packaged = Path(__file__).resolve().parent / "sample_data"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "sample_data"
+
+
+CT_DIR = sample_dir() / "ct_slices"
 CT_SAMPLES = {"ct_abdomen": "amos_0006_90", "ct_thorax": "s0114_111", "ct_pelvis": "s0619_32"}
 PHANTOM_SPACING = (2.5, 0.8, 0.8)  # mm, (z, y, x)
 # Structures of the generated phantom as unions of its label values (the lesion lies inside the organ).
@@ -46,6 +53,10 @@ def ct_abdomen() -> list[tuple]:
 
 def ct_thorax() -> list[tuple]:
     return _ct_layers(CT_SAMPLES["ct_thorax"], "CT thorax")
+
+
+def ct_pelvis() -> list[tuple]:
+    return _ct_layers(CT_SAMPLES["ct_pelvis"], "CT pelvis")
 
 
 def phantom_3d() -> list[tuple]:

@@ -62,9 +62,9 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
                         help="encoder input size in pixels (default: the config's; 512 for ViT-B)")
     parser.add_argument("--adapters", default=None, help="adapter file (.safetensors) to load on top")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    parser.add_argument("--zoom", action="store_true",
+    parser.add_argument("--zoom", action=argparse.BooleanOptionalAction, default=None,
                         help="encode the box plus a margin instead of the whole slice (default: as the model "
-                             "was trained; train: train on box crops)")
+                             "is meant to be used, from its file; train: on box crops, inherited likewise)")
 
 
 def _load(args: argparse.Namespace):
@@ -145,7 +145,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         box = box_of_mask(truth)
     else:
         box = np.array(_numbers(args.box, 4, "--box (x0,y0,x1,y1)"))
-    result = Predictor(loaded, zoom=args.zoom or None).predict(slice_2d, box, window=window, output_size=size,
+    result = Predictor(loaded, zoom=args.zoom).predict(slice_2d, box, window=window, output_size=size,
                                                                slice_index=args.slice)
     volume_slice = args.slice if image.is_volume and size is None else None
     source = image if size is None else None
@@ -201,8 +201,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     result = train(loaded, samples, options, args.out, name=args.name, on_epoch=report,
                    command="imedsam " + " ".join(sys.argv[1:]))
-    before, after = result.before.get("dice", float("nan")), result.after.get("dice", float("nan"))
-    print(f"validation Dice: before {before:.4f} -> after {after:.4f}; {result.steps} steps in {result.seconds:.0f} s")
+    print(f"{result.summary}; {result.steps} steps in {result.seconds:.0f} s")
     print(f"saved {result.version_path}")
     digest = hashlib.sha256()
     for key, value in sorted(loaded.network.state_dict().items()):
@@ -226,7 +225,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         config = loaded.network.config
         loaded.network.config = replace(config, decoder=replace(config.decoder, uncertainty=args.uncertainty))
-    metrics = evaluate(Predictor(loaded, zoom=args.zoom or None), samples, output_size=size, baselines=args.baselines)
+    metrics = evaluate(Predictor(loaded, zoom=args.zoom), samples, output_size=size, baselines=args.baselines)
     if args.json:
         for row in metrics["rows"]:  # NaN / infinity (e.g. HD95 of an empty mask) as null: strict JSON
             print(json.dumps(json_safe(row), allow_nan=False))

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .inference.preprocess import InputError
+from .errors import InputError
 from .io.images import check_output_path
 
 VALUE_OPTIONS = ("--box", "--window", "--size")  # values that may start with a minus sign

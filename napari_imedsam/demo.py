@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .inference.predictor import Prediction, Predictor
-from .inference.preprocess import box_of_mask, normalize_intensity
+from .inference.boxes import box_of_mask
+from .inference.windows import normalize_intensity
 from .io.images import write_atomic
-from .model.registry import default_model, load_model
+from .model.catalog import default_model
 
 SAMPLE_STRUCTURES = [("ct_abdomen", "liver_000"), ("ct_abdomen", "spleen_000"), ("ct_abdomen", "aorta_000"),
                      ("ct_thorax", "heart_ventricle_left_000"), ("ct_thorax", "vertebrae_T9_000")]
@@ -29,7 +29,7 @@ def heat(values: np.ndarray) -> np.ndarray:
     return np.concatenate([np.clip(3 * v, 0, 1), np.clip(3 * v - 1, 0, 1), np.clip(3 * v - 2, 0, 1)], -1) * 255
 
 
-def panel(image01: np.ndarray, result: Prediction) -> np.ndarray:
+def panel(image01: np.ndarray, result) -> np.ndarray:
     """Side-by-side RGB uint8: image with box | coarse prob | uncertainty (scaled) | refined mask overlay."""
     grey = np.repeat(image01[..., None], 3, -1) * 255 if image01.ndim == 2 else image01 * 255
     boxed = grey.copy()
@@ -51,6 +51,8 @@ def headless(model: str, out: Path) -> int:
     from src_train.metrics import dice
 
     from ._sample_data import CT_SAMPLES, load_ct_slice
+    from .inference.predictor import Predictor
+    from .model.registry import load_model
 
     loaded = load_model(model)
     predictor = Predictor(loaded)
@@ -72,26 +74,41 @@ def headless(model: str, out: Path) -> int:
     return 0
 
 
-def gui(model: str, screenshot: Path | None = None, timeout_s: float = 120.0) -> int:
-    """The napari demo; with `screenshot`, save the window once the first box is segmented and quit."""
+def gui(model: str, screenshot: Path | None = None, timeout_s: float = 300.0) -> int:
+    """The napari demo, opened the way a user does it: the window first, then the sample, the dock from
+    the plugin, the model loaded by the dock (in a worker), and a first box on the liver. With
+    `screenshot`, save the window once that box is segmented, then quit."""
     import napari
 
     from ._sample_data import CT_SAMPLES, load_ct_slice
-    from .widgets.dock import IMedSAMWidget
 
     viewer = napari.Viewer(title="napari-imedsam demo")
     viewer.open_sample("napari-imedsam", "ct_abdomen")
-    widget = IMedSAMWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="I-MedSAM annotator")
-    widget.reset_choices()
-    widget.image_combo.value = viewer.layers["CT abdomen"]
-    widget.set_model(load_model(model))
+    _, dock = viewer.window.add_plugin_dock_widget("napari-imedsam", "I-MedSAM annotator")
+    dock.reset_choices()
+    dock.image_combo.value = viewer.layers["CT abdomen"]
+    dock.model_combo.value = model
     _, labels, names = load_ct_slice(CT_SAMPLES["ct_abdomen"])
     x0, y0, x1, y1 = box_of_mask(labels == names.index("liver_000") + 1)
-    boxes, labels_layer, _, _ = widget.ensure_layers()
-    boxes.add_rectangles(np.array([[y0, x0], [y1, x1]]))  # a first box, on the liver
-    if screenshot is not None:
-        _screenshot_when_segmented(viewer, labels_layer, screenshot, time.monotonic() + timeout_s)
+
+    def first_box() -> None:
+        boxes, labels_layer, _, _ = dock.ensure_layers()
+        viewer.reset_view()  # the whole slice in view
+        viewer.layers.selection.active = viewer.layers[boxes.name]
+        boxes.add_rectangles(np.array([[y0, x0], [y1, x1]]))  # as if drawn on the liver
+        if screenshot is not None:
+            _screenshot_when_segmented(viewer, viewer.layers[labels_layer.name], screenshot,
+                                       time.monotonic() + timeout_s)
+
+    started = []
+
+    def when_loaded() -> None:
+        if dock.state.model is not None and not started:
+            started.append(True)
+            first_box()
+
+    dock.workers.idle.connect(when_loaded)
+    dock.load_selected_model()
     napari.run()
     return 0
 

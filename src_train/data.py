@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_imedsam.inference.preprocess import InputError
+from napari_imedsam.errors import InputError
+from napari_imedsam.inference.windows import IntensityWindow
 from napari_imedsam.io.export import read_prompts
 from napari_imedsam.io.images import read_image
 
@@ -27,6 +28,7 @@ class Sample:
     mask: np.ndarray
     box_xyxy: np.ndarray
     name: str
+    window: IntensityWindow | None = None  # how the user saw it (None: automatic)
 
 
 def _stem(path: Path) -> str:
@@ -37,6 +39,17 @@ def _stem(path: Path) -> str:
 def _as_slice(array: np.ndarray) -> np.ndarray:
     """Squeeze a NIfTI 2D slice stored as (1, H, W) to (H, W)."""
     return array[0] if array.ndim == 3 and array.shape[0] == 1 else array
+
+
+def _window(row: dict, folder: Path) -> IntensityWindow | None:
+    """The intensity window a prompt line recorded (None: automatic); a malformed one is named."""
+    spec = row.get("window")
+    if not isinstance(spec, dict):
+        return None
+    try:
+        return IntensityWindow(**spec)
+    except TypeError:
+        raise InputError(f"{folder / 'prompts.jsonl'}: case {row['case']} has an unusable window {spec!r}") from None
 
 
 def load_export(folder: str | os.PathLike) -> list[Sample]:
@@ -55,8 +68,9 @@ def load_export(folder: str | os.PathLike) -> list[Sample]:
             raise InputError(f"{label_path}: labels {labels.shape} do not match the image {channels[0].shape}")
         image = channels[0] if len(channels) == 1 else np.stack(channels, axis=-1)
         mask = labels == row["label"]
+        window = _window(row, folder)
         if mask.any():
-            samples.append(Sample(image, mask, np.asarray(row["box_xyxy"], float), f"{case}:{row['label']}"))
+            samples.append(Sample(image, mask, np.asarray(row["box_xyxy"], float), f"{case}:{row['label']}", window))
     return samples
 
 

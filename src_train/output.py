@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from napari_imedsam._atomic import clean_stale_temporaries, pid_alive, temp_path
-from napari_imedsam.inference.preprocess import InputError
+from napari_imedsam.errors import InputError
 
 if TYPE_CHECKING:
     from .trainer import TrainOptions
@@ -53,8 +53,13 @@ def check_options(options: TrainOptions) -> None:
     for name in ("lr_adapters", "lr_decoder", "lr_encoder"):
         if not (number(getattr(options, name)) and getattr(options, name) > 0):
             raise InputError(f"{name} must be a positive number, got {getattr(options, name)!r}")
-    if not (number(options.zoom_margin) and 0.0 <= options.zoom_margin <= 2.0):
-        raise InputError(f"zoom_margin must be in 0..2, got {options.zoom_margin!r}")
+    margin = options.zoom_margin
+    if margin is not None and not (number(margin) and 0.0 <= margin <= 2.0):
+        raise InputError(f"zoom_margin must be in 0..2, got {margin!r}")
+    for name in ("steps", "validate_every"):  # optional: None means "by epochs" / "a tenth of the steps"
+        value = getattr(options, name, None)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise InputError(f"{name.replace('_', '-')} must be a whole number of at least 1, got {value!r}")
 
 
 def check_name(name: str) -> str:

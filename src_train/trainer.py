@@ -55,9 +55,14 @@ class TrainOptions:
     lr_encoder: float = 3e-4
     val_fraction: float = 0.2
     augment: bool = False  # flips, turns, intensity jitter (modes that train the encoder)
-    zoom: bool = False  # train on box crops and predict with zoom (see Predictor)
-    zoom_margin: float = 0.25
+    # How the model is used (see Predictor): None inherits the base model's own setting, so the
+    # trained weights are measured and saved for the way the user runs them.
+    zoom: bool | None = None  # train on box crops and predict with zoom
+    zoom_margin: float | None = None
     cosine: bool = True  # learning rates follow a cosine from 100 % to 10 % over the run
+    steps: int | None = None  # total optimizer steps (overrides epochs); validation every `validate_every`
+    validate_every: int | None = None  # steps between validations with `steps` (default: a tenth of them)
+    keep_start: bool = True  # the starting weights compete with every validation round (never return worse)
 
 
 def run_progress(step: int, total_steps: int, elapsed: float, max_seconds: float | None) -> float:
@@ -93,6 +98,22 @@ class TrainReport:
     steps: int = 0
     seconds: float = 0.0
     cancelled: bool = False
+    n_train: int = 0
+    n_val: int = 0  # held-back samples "before" and "after" were measured on
+    kept_base: bool = False  # no validation round beat the starting weights: they were kept
+
+    @property
+    def summary(self) -> str:
+        """One line for the user: before -> after on the held-back samples, and how many there were."""
+        if not self.n_val:
+            return "no held-back samples: Dice before/after not measured (accept more slices)"
+        line = (f"Dice on {self.n_val} held-back sample(s): before {self.before['dice']:.3f} -> "
+                f"after {self.after['dice']:.3f}")
+        if self.kept_base:
+            line += " (training did not beat the starting weights on them, so those were kept)"
+        if self.n_val < 3:
+            line += f"; only {self.n_val} held back, so this is a rough check: add more samples (accept more slices)"
+        return line
 
 
 def evaluate(predictor: Predictor, samples: list[Sample], output_size: tuple[int, int] | None = None,
@@ -105,7 +126,7 @@ def evaluate(predictor: Predictor, samples: list[Sample], output_size: tuple[int
     rows = []
     for sample in samples:
         truth = sample.mask
-        result = predictor.predict(sample.image, sample.box_xyxy, output_size=output_size)
+        result = predictor.predict(sample.image, sample.box_xyxy, output_size=output_size, window=sample.window)
         if output_size is not None and output_size != truth.shape:
             from skimage.transform import resize
 
@@ -174,19 +195,20 @@ def zoom_samples(samples: list[Sample], margin: float) -> list[Sample]:
     cropped = []
     for sample in samples:
         r0, r1, c0, c1 = zoom_region(sample.box_xyxy, sample.mask.shape, margin)
-        cropped.append(Sample(normalize_intensity(sample.image)[r0:r1, c0:c1], sample.mask[r0:r1, c0:c1],
-                              sample.box_xyxy - np.array([c0, r0, c0, r0]), sample.name))
+        cropped.append(Sample(normalize_intensity(sample.image, sample.window)[r0:r1, c0:c1],
+                              sample.mask[r0:r1, c0:c1], sample.box_xyxy - np.array([c0, r0, c0, r0]), sample.name,
+                              window=UNIT))
     return cropped
 
 
 def _pixels(sample: Sample, predictor: Predictor) -> tuple[torch.Tensor, Geometry]:
     geometry = Geometry(sample.image.shape[0], sample.image.shape[1], predictor.network.config.encoder.img_size)
-    window = UNIT if predictor.zoom else None
+    window = UNIT if predictor.zoom else sample.window
     return to_model_input(normalize_intensity(sample.image, window), geometry), geometry
 
 
 def _augmented_example(sample: Sample, predictor: Predictor, rng: np.random.Generator) -> EncodedExample:
-    window = UNIT if predictor.zoom else None
+    window = UNIT if predictor.zoom else sample.window
     image, mask, box = augment(normalize_intensity(sample.image, window), sample.mask, sample.box_xyxy, rng)
     geometry = Geometry(image.shape[0], image.shape[1], predictor.network.config.encoder.img_size)
     return EncodedExample(Embedding(to_model_input(image, geometry), geometry, ()), mask, box)
@@ -194,8 +216,10 @@ def _augmented_example(sample: Sample, predictor: Predictor, rng: np.random.Gene
 
 def train(loaded: LoadedModel, samples: list[Sample], options: TrainOptions, out_dir: str | Path,
           name: str = "default", on_epoch: Callable[[dict], None] | None = None,
-          should_stop: Callable[[], bool] | None = None, command: str = "") -> TrainReport:
-    """Fit, validate each epoch, keep the best weights and save them as a new version."""
+          should_stop: Callable[[], bool] | None = None, command: str = "",
+          on_step: Callable[[int, int], None] | None = None) -> TrainReport:
+    """Fit, validate each epoch, keep the best weights (the starting ones included) and save them as a
+    new version. `on_step(step, total)` reports progress; `should_stop()` is checked every step."""
     check_options(options)
     rank, world = distributed_rank()
     if rank == 0:  # before any work: the result can be written (folder, permissions, free space)
@@ -205,16 +229,18 @@ def train(loaded: LoadedModel, samples: list[Sample], options: TrainOptions, out
     rng = np.random.default_rng(options.seed + rank)  # each rank draws its own batches
     network = loaded.network
     train_set, val_set = split(samples, options.val_fraction, options.seed)
-    loaded.zoom, loaded.zoom_margin = options.zoom, options.zoom_margin
+    zoom = loaded.zoom if options.zoom is None else bool(options.zoom)
+    zoom_margin = loaded.zoom_margin if options.zoom_margin is None else float(options.zoom_margin)
+    loaded.zoom, loaded.zoom_margin = zoom, zoom_margin
     predictor = Predictor(loaded)
     before = evaluate(predictor, val_set) if val_set else {}
-    if options.zoom:
-        train_set = zoom_samples(train_set, options.zoom_margin)
+    if zoom:
+        train_set = zoom_samples(train_set, zoom_margin)
 
     frozen_encoder = options.mode in ("decoder", "fine")
     if frozen_encoder:
-        window = UNIT if options.zoom else None
-        encoded = [EncodedExample(predictor.embed(s.image, window), s.mask, s.box_xyxy) for s in train_set]
+        encoded = [EncodedExample(predictor.embed(s.image, UNIT if zoom else s.window), s.mask, s.box_xyxy)
+                   for s in train_set]
     else:
         pixels = [_pixels(s, predictor) for s in train_set]
     param_groups = _trainable(network, options.mode, options)
@@ -227,13 +253,23 @@ def train(loaded: LoadedModel, samples: list[Sample], options: TrainOptions, out
     if world > 1:  # gradients are averaged across ranks by DDP
         step_module = nn.parallel.DistributedDataParallel(step_module, find_unused_parameters=True)
     steps_per_epoch = max(1, math.ceil(len(train_set) / options.batch_size))
-    total_steps = steps_per_epoch * options.epochs
-    best_state, best_dice, history = None, -1.0, []
+    epochs = options.epochs
+    if options.steps:
+        steps_per_epoch = options.validate_every or max(1, options.steps // 10)
+        epochs = math.ceil(options.steps / steps_per_epoch)
+    total_steps = options.steps or steps_per_epoch * epochs
+    # The starting weights compete too: a run that does not beat them on the held-back samples keeps them.
+    best_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
+    best_dice = before["dice"] if val_set and options.keep_start else -float("inf")
+    history, kept_base = [], True
     start, step, cancelled = time.perf_counter(), 0, False
-    for epoch in range(options.epochs):
+    for epoch in range(epochs):
         network.train()
         losses = []
-        for _ in range(steps_per_epoch):
+        for _ in range(min(steps_per_epoch, total_steps - step)):
+            if should_stop and should_stop():
+                cancelled = True
+                break
             chosen = rng.integers(0, len(train_set), options.batch_size)
             if frozen_encoder:
                 batch_examples = [encoded[i] for i in chosen]
@@ -255,7 +291,11 @@ def train(loaded: LoadedModel, samples: list[Sample], options: TrainOptions, out
             optimizer.step()
             losses.append(float(loss.detach()))
             step += 1
+            if on_step:
+                on_step(step, total_steps)
         network.eval()
+        if not losses:
+            break
         if not frozen_encoder:  # the encoder changed: embeddings must be recomputed
             predictor = Predictor(loaded)
         metrics = evaluate(predictor, val_set) if val_set else {"dice": -float(np.mean(losses))}
@@ -265,9 +305,9 @@ def train(loaded: LoadedModel, samples: list[Sample], options: TrainOptions, out
         if on_epoch:
             on_epoch(record)
         if metrics["dice"] > best_dice:
-            best_dice = metrics["dice"]
+            best_dice, kept_base = metrics["dice"], False
             best_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
-        if should_stop and should_stop():
+        if cancelled or (should_stop and should_stop()):
             cancelled = True
             break
         if options.max_seconds and _elapsed(start, world, loaded.device) > options.max_seconds:
@@ -284,7 +324,7 @@ def train(loaded: LoadedModel, samples: list[Sample], options: TrainOptions, out
               "metrics": {k: after.get(k) for k in ("dice", "iou", "hd95", "coarse_dice")},
               "metrics_before": {k: before.get(k) for k in ("dice", "iou", "hd95")},
               "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cancelled": cancelled,
-              "inference": {"zoom": options.zoom, "zoom_margin": options.zoom_margin}}
+              "kept_base": kept_base, "inference": {"zoom": zoom, "zoom_margin": zoom_margin}}
     folder = Path(out_dir) / "adapters" / check_name(name)
     if rank == 0:  # a new version, never overwriting one (concurrent runs), rescued if the disk filled up
         write = save_model if options.mode == "full" else save_adapters
@@ -294,4 +334,5 @@ def train(loaded: LoadedModel, samples: list[Sample], options: TrainOptions, out
     if rank != 0:
         path = max(folder.glob("v*.safetensors"))
     loaded.adapter_version = str(path)
-    return TrainReport(path, before, after, history, step, time.perf_counter() - start, cancelled)
+    return TrainReport(path, before, after, history, step, time.perf_counter() - start, cancelled,
+                       n_train=len(train_set), n_val=len(val_set), kept_base=kept_base and bool(val_set))

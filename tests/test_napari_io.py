@@ -18,6 +18,7 @@ def test_nifti_reader_gives_scale_and_keeps_affine_then_writer_restores_it(tmp_p
     data, kwargs, kind = get_nifti_reader(str(path))(str(path))[0]
     assert kind == "image" and data.shape == (8, 20, 30)
     np.testing.assert_allclose(kwargs["scale"], (3.0, 0.7, 0.7), rtol=1e-6)
+    np.testing.assert_allclose(kwargs["translate"], (40.0, -80.0, -100.0))  # the origin, (z, y, x)
     np.testing.assert_allclose(kwargs["metadata"]["affine"], affine)
     labels = np.zeros(data.shape, np.int32)
     labels[3, 5:9, 10:20] = 2

@@ -1,14 +1,19 @@
-"""AnnotationSession rules: never overwrite user edits or other objects, undo, accept, propagate, review."""
+"""AnnotationSession rules: user edits are never overwritten, the more confident object wins a pixel,
+undo, accept, propagation that stops where the object ends, and the review queue."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from napari_imedsam.inference.boxes import box_of_mask
 from napari_imedsam.inference.predictor import Predictor
 from napari_imedsam.inference.preprocess import InputError
-from napari_imedsam.inference.session import AnnotationSession
-from src_train.points import box_of_mask
+from napari_imedsam.inference.propagation import propagate
+from napari_imedsam.inference.review import review_scores
+from napari_imedsam.inference.session import AnnotationSession, ObjectResult
+from napari_imedsam.inference.windows import IntensityWindow, normalize_intensity, volume_window
+from napari_imedsam.io.phantoms import phantom_volume
 
 
 @pytest.fixture
@@ -19,32 +24,61 @@ def phantom_session(fitted):
     return AnnotationSession(Predictor(loaded), image, labels), mask
 
 
+def fake_result(label: int, prob: np.ndarray, slice_index=None) -> ObjectResult:
+    """A result with a chosen refined probability over the whole slice (for exact rule tests)."""
+    h, w = prob.shape
+    zeros = np.zeros_like(prob, dtype=np.float32)
+    return ObjectResult(slice_index, label, np.array([0.0, 0.0, w - 1.0, h - 1.0]), (0, h, 0, w), zeros, zeros,
+                        prob.astype(np.float32), 0.01)
+
+
 def test_box_result_is_written_under_its_label_and_matches_the_predictor(phantom_session, fitted):
     session, mask = phantom_session
-    result = session.segment(None, box_of_mask(mask), label=3)
+    report = session.segment(None, box_of_mask(mask), label=3)
     direct = Predictor(fitted[0]).predict(session.image, box_of_mask(mask))
     np.testing.assert_array_equal(session.labels == 3, direct.refined_mask)
     assert set(np.unique(session.labels)) == {0, 3}
-    assert result.mean_uncertainty > 0
+    assert report.written == report.predicted == direct.refined_mask.sum()
+    assert session.results[(None, 3)].mean_uncertainty > 0
 
 
-def test_user_paint_and_other_objects_are_never_overwritten(phantom_session):
+def test_user_paint_and_erase_are_never_overwritten(phantom_session):
     session, mask = phantom_session
     rows, cols = np.nonzero(mask)
     r, c = rows[len(rows) // 2], cols[len(cols) // 2]
     session.labels[r - 2:r + 3, c - 2:c + 3] = 7  # the user painted object 7 inside the object
     session.record_user_edit((slice(r - 2, r + 3), slice(c - 2, c + 3)))
-    session.labels[0, 0] = 5  # another object elsewhere
-    session.segment(None, box_of_mask(mask), label=1)
+    report = session.segment(None, box_of_mask(mask), label=1)
     assert (session.labels[r - 2:r + 3, c - 2:c + 3] == 7).all()
-    assert session.labels[0, 0] == 5
-    # the user erases part of object 1; a new box for object 1 does not bring it back
-    er = np.nonzero(session.labels == 1)
+    assert report.protected == 25 and report.written == (session.labels == 1).sum()
+    er = np.nonzero(session.labels == 1)  # the user erases part of object 1: a new box does not bring it back
     erase = (er[0][:20], er[1][:20])
     session.labels[erase] = 0
     session.record_user_edit(erase)
     session.segment(None, box_of_mask(mask) + np.array([-2, -2, 2, 2]), label=1)
     assert (session.labels[erase] == 0).all()
+
+
+def test_the_more_confident_object_wins_a_pixel_and_the_report_says_so():
+    session = AnnotationSession(None, np.zeros((20, 20), np.float32), np.zeros((20, 20), np.int32))
+    liver = np.zeros((20, 20), np.float32)
+    liver[2:18, 2:18] = 0.8  # the first object's model claims a big square at p = 0.8
+    session.apply(fake_result(1, liver))
+    cava = np.zeros((20, 20), np.float32)
+    cava[8:12, 8:12] = 0.95  # inside it, a second object sure of itself: takes its pixels
+    cava[0:4, 4:8] = 0.6  # overlapping the first's corner with less confidence: the first keeps them
+    report = session.apply(fake_result(2, cava))
+    assert (session.labels[8:12, 8:12] == 2).all()
+    assert report.taken_from == {1: 16} and report.kept_by == {1: 8}
+    assert report.written == (session.labels == 2).sum() == 16 + 8  # 8 free pixels of the band at rows 0-1
+    assert "16 px taken from object 1" in report.summary() and "kept by object 1" in report.summary()
+    # object 2 re-prompted smaller: the pixels it gives up go back to object 1, which claims them
+    smaller = np.zeros((20, 20), np.float32)
+    smaller[9:11, 9:11] = 0.95
+    session.apply(fake_result(2, smaller))
+    assert (session.labels[8:12, 8:12] != 0).all() and (session.labels == 2).sum() == 4
+    session.undo()
+    assert (session.labels[8:12, 8:12] == 2).all()
 
 
 def test_reprompt_replaces_model_pixels_and_undo_restores(phantom_session):
@@ -72,45 +106,85 @@ def test_accept_needs_labels(phantom_session):
     assert session.accepted == {None}
 
 
-def tube_volume(depth: int = 9, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
-    """A bright ellipse that shrinks towards both ends of the volume and vanishes at the ends."""
-    rng = np.random.default_rng(5)
-    volume = rng.normal(0.3, 0.05, (depth, size, size)).astype(np.float32)
-    truth = np.zeros(volume.shape, bool)
-    yy, xx = np.mgrid[:size, :size]
-    for z in range(1, depth - 1):
-        radius = 22 - 3 * abs(z - depth // 2)
-        truth[z] = ((yy - 64) / radius) ** 2 + ((xx - 60) / (radius * 1.3)) ** 2 <= 1
-    volume[truth] += 0.4
-    return volume, truth
+def test_a_volume_is_normalised_with_one_window_for_every_slice():
+    volume, _ = phantom_volume()
+    window = volume_window(volume, None)
+    assert window.mode == "window"
+    # a slice without the organ keeps the body at the same grey as a slice with it
+    body = normalize_intensity(volume[1], window)[64, 10, 0]
+    assert abs(body - normalize_intensity(volume[20], window)[64, 10, 0]) < 0.05
+    assert volume_window(volume.astype(np.uint8), None) is None  # uint8 stays as it is
+    assert volume_window(volume[0], IntensityWindow("window", 40, 400)).level == 40
 
 
-def test_propagation_fills_neighbours_and_stops_where_the_object_ends(fitted):
-    volume, truth = tube_volume()
-    labels = np.zeros(volume.shape, np.int32)
-    session = AnnotationSession(Predictor(fitted[0]), volume, labels)
-    middle = volume.shape[0] // 2
-    session.segment(middle, box_of_mask(truth[middle]), label=2)
+@pytest.fixture(scope="module")
+def demo_predictor():
+    from napari_imedsam.model.registry import load_model
+
+    return Predictor(load_model("demo"))
+
+
+def phantom_propagation(predictor, window=None):
+    volume, truth_labels = phantom_volume()
+    truth = truth_labels > 0
+    session = AnnotationSession(predictor, volume, np.zeros(volume.shape, np.int32), window=window)
+    middle = 20
+    session.segment(middle, box_of_mask(truth[middle]), label=1)
+    session.begin_group()
+    reasons = []
     for direction in (1, -1):
-        for result in session.propagate(middle, 2, direction):
-            session.apply(result)
-    filled = [z for z in range(volume.shape[0]) if (labels[z] == 2).any()]
-    assert filled[0] >= 1 and filled[-1] <= volume.shape[0] - 2  # stopped where the object vanished
-    assert len(filled) >= 5
-    for z in filled:
-        overlap = 2 * ((labels[z] == 2) & truth[z]).sum() / ((labels[z] == 2).sum() + truth[z].sum())
-        assert overlap > 0.8, z
-    assert session.next_uncertain_slice(middle) in filled
-    session.accept(session.next_uncertain_slice(middle))
-    assert len(session.accepted) == 1
+        steps = propagate(session, middle, 1, direction)
+        while True:
+            try:
+                session.apply(next(steps))
+            except StopIteration as stop:
+                reasons.append(stop.value)
+                break
+    session.end_group()
+    return session, truth, reasons
+
+
+def test_propagation_stops_where_the_object_ends(demo_predictor):
+    session, truth, reasons = phantom_propagation(demo_predictor)
+    predicted = session.labels == 1
+    dice = 2 * (predicted & truth).sum() / (predicted.sum() + truth.sum())
+    filled = np.nonzero(predicted.any(axis=(1, 2)))[0]
+    present = np.nonzero(truth.any(axis=(1, 2)))[0]
+    print(f"phantom volume Dice {dice:.3f}, slices {filled[0]}-{filled[-1]} (object {present[0]}-{present[-1]}), "
+          f"stops: {reasons}")
+    assert dice >= 0.85
+    assert filled[0] >= present[0] - 1 and filled[-1] <= present[-1] + 1
+    # the whole run is one undo step
+    session.undo()
+    assert set(np.nonzero((session.labels == 1).any(axis=(1, 2)))[0]) == {20}
+
+
+def test_review_queue_ranks_empty_and_wrong_slices_first():
+    volume = np.full((7, 32, 32), 0.2, np.float32)
+    volume[:, 10:20, 10:20] = 0.8  # a bright object on every slice
+    labels = np.zeros(volume.shape, np.int32)
+    labels[:, 10:20, 10:20] = 1
+    labels[2] = 0
+    labels[2, 0:10, 0:10] = 1  # slice 2: a mask where the object is not (dark background)
+    labels[4] = 0  # slice 4: the object is missing (a gap)
+    labels[5, 10:12, 10:12] = 1  # slice 5: collapsed
+    labels[5, 12:20] = 0
+    session = AnnotationSession(None, volume, labels, window=IntensityWindow("window", 0.5, 1.0))
+    session.accepted.add(0)
+    scores = review_scores(session)
+    order = sorted(scores, key=lambda z: -scores[z].total)
+    assert set(order[:3]) == {2, 4, 5}, {z: scores[z].total for z in order}
+    assert 0 not in scores  # accepted slices are not offered again
+    assert any("intensity" in r for r in scores[2].reasons) and any("gap" in r for r in scores[4].reasons)
 
 
 def test_slice_and_dimension_errors():
-    predictor = Predictor.__new__(Predictor)  # rules below are checked before any model call
     with pytest.raises(InputError, match="do not match"):
-        AnnotationSession(predictor, np.zeros((4, 10, 10)), np.zeros((4, 10, 11), np.int32))
-    session = AnnotationSession(predictor, np.zeros((4, 10, 10)), np.zeros((4, 10, 10), np.int32))
+        AnnotationSession(None, np.zeros((4, 10, 10)), np.zeros((4, 10, 11), np.int32))
+    session = AnnotationSession(None, np.zeros((4, 10, 10)), np.zeros((4, 10, 10), np.int32))
     with pytest.raises(InputError, match="outside the volume"):
         session.slice_image(4)
-    with pytest.raises(InputError, match="no result for object"):
-        next(session.propagate(1, 1, 1))
+    with pytest.raises(InputError, match="no pixels on slice"):
+        next(propagate(session, 1, 1, 1))
+    with pytest.raises(InputError, match="no model loaded"):
+        session.predict(1, [1, 1, 5, 5], 1)

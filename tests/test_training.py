@@ -154,7 +154,7 @@ def test_train_and_evaluate_cli(tmp_path, capsys):
     code = main(["train", "--model", "tiny", "--data", str(tmp_path), "--mode", "decoder", "--epochs", "3",
                  "--out", str(tmp_path / "out"), "--seed", "1"])
     out = capsys.readouterr().out
-    assert code == 0 and "validation Dice: before" in out and "v001.safetensors" in out
+    assert code == 0 and "held-back sample(s): before" in out and "v001.safetensors" in out
     adapters = tmp_path / "out" / "adapters" / "default" / "v001.safetensors"
     assert main(["evaluate", "--model", "tiny", "--adapters", str(adapters), "--images", str(images),
                  "--masks", str(masks), "--json"]) == 0
@@ -234,7 +234,8 @@ def test_fine_mode_trains_only_the_fine_inr_and_the_recipe_packages_both_stages(
     first_stage = save_model(loaded.network, tmp_path / "stage1.safetensors", {"mode": "full", "metrics": {}})
     loaded = load_model(first_stage)
     before = {k: v.clone() for k, v in loaded.network.state_dict().items()}
-    report = train(loaded, samples, TrainOptions(mode="fine", epochs=2, batch_size=2, n_points=256), tmp_path / "out")
+    options = TrainOptions(mode="fine", epochs=2, batch_size=2, n_points=256, keep_start=False)
+    report = train(loaded, samples, options, tmp_path / "out")
     after = loaded.network.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith("fine_inr.") for k in changed)
@@ -248,3 +249,27 @@ def test_fine_mode_trains_only_the_fine_inr_and_the_recipe_packages_both_stages(
     reloaded = load_model(shipped).network.state_dict()
     for key in changed:  # the second stage's fine INR is in the shipped file (to float16 precision)
         assert torch.allclose(reloaded[key], after[key].half().float())
+
+
+def test_fine_tuning_inherits_how_the_model_is_used_and_never_returns_worse(tmp_path):
+    """The bundled demo model runs with zoom: training must measure and save it that way, and a run
+    that cannot beat the starting weights on the held-back samples keeps them."""
+    from napari_imedsam.model.registry import load_model
+    from src_train.trainer import evaluate
+
+    export_slices(tmp_path / "data", phantom_slices(6))
+    samples = load_dataset(tmp_path / "data")
+    base = load_model("demo")
+    assert base.zoom
+    _, val_set = split(samples, 0.34, 0)
+    expected_before = evaluate(Predictor(load_model("demo")), val_set)["dice"]
+    options = TrainOptions(mode="decoder", steps=6, validate_every=3, lr_decoder=5.0, val_fraction=0.34)  # wrecks
+    report = train(base, samples, options, tmp_path / "out")
+    assert report.before["dice"] == pytest.approx(expected_before)  # measured the way the user runs it
+    assert report.n_val == len(val_set) and report.steps == 6
+    assert report.kept_base and report.after["dice"] == pytest.approx(report.before["dice"])
+    _, header = read_safetensors(report.version_path)
+    assert header["inference"]["zoom"] is True and header["kept_base"] is True
+    reloaded = load_model("demo", adapters=report.version_path)
+    assert reloaded.zoom
+    assert "rough check" in report.summary  # fewer than 3 held back

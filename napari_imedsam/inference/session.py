@@ -1,76 +1,151 @@
 """AnnotationSession: boxes -> labels on a 2D image or a volume, slice by slice. No Qt, no napari.
 
 It owns the rules of interactive annotation, so the widget only wires layers to it:
-- a box result is written under its object's label value, and never over pixels the user painted
-  or erased, nor over another object;
+- every box is one object with its own label value;
+- pixels the user painted or erased are never overwritten by the model;
+- where two objects' *model* outputs claim a pixel, the more confident prediction there wins
+  (refined probability; a tie goes to the newer result), and a pixel an object gives up goes back
+  to the best other claimant;
 - re-prompting an object replaces what the model wrote for it before, not what the user painted;
-- every write can be undone; slices can be accepted (corrected, ready for export/fine-tuning);
-- propagation through a volume and the "most uncertain slice" review queue.
+- every write can be undone; the session owns the user-edit mask and the accepted slices.
+Propagation lives in `propagation.py`, the review queue in `review.py`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..io.export import ExportSlice
+from ..errors import InputError
+from .boxes import box_of_mask
 from .predictor import Prediction, Predictor
-from .preprocess import InputError, IntensityWindow, box_of_mask
+from .windows import IntensityWindow, volume_window
 
 
 @dataclass
 class ObjectResult:
-    """The model's latest result for one object (label value) on one slice."""
+    """The model's result for one object (label value) on one slice, kept only inside its region."""
 
     slice_index: int | None
     label: int
     box_xyxy: np.ndarray
-    prediction: Prediction
+    roi: tuple[int, int, int, int]  # (row0, row1, col0, col1) of the maps below in the slice
+    coarse_prob: np.ndarray
+    uncertainty: np.ndarray
+    refined_prob: np.ndarray
+    mean_uncertainty: float
+
+    @classmethod
+    def from_prediction(cls, slice_index: int | None, label: int, prediction: Prediction) -> ObjectResult:
+        r0, r1, c0, c1 = prediction.roi
+        crop = (slice(r0, r1), slice(c0, c1))
+        return cls(slice_index, int(label), np.asarray(prediction.box_xyxy, float), (r0, r1, c0, c1),
+                   prediction.coarse_prob[crop].copy(), prediction.uncertainty[crop].copy(),
+                   prediction.refined_prob[crop].copy(), prediction.mean_uncertainty_in_box)
 
     @property
-    def mean_uncertainty(self) -> float:
-        return self.prediction.mean_uncertainty_in_box
+    def region(self) -> tuple[slice, slice]:
+        r0, r1, c0, c1 = self.roi
+        return slice(r0, r1), slice(c0, c1)
+
+    @property
+    def refined_mask(self) -> np.ndarray:
+        """Refined mask inside `roi` (bool, cropped)."""
+        return self.refined_prob > 0.5
+
+    def full(self, name: str, shape: tuple[int, int]) -> np.ndarray:
+        """One of the maps ('coarse_prob', 'uncertainty', 'refined_prob', 'refined_mask') at slice size."""
+        values = getattr(self, name)
+        out = np.zeros(shape, values.dtype)
+        out[self.region] = values
+        return out
+
+
+@dataclass
+class WriteReport:
+    """What a model write actually did to the labels (the status line reports this, not the mask size)."""
+
+    label: int
+    slice_index: int | None
+    written: int  # pixels now holding `label` from this result
+    predicted: int  # pixels the refined mask covers
+    protected: int = 0  # predicted pixels the user painted or erased: left as they are
+    kept_by: dict[int, int] = field(default_factory=dict)  # label -> predicted pixels it kept (more confident)
+    taken_from: dict[int, int] = field(default_factory=dict)  # label -> pixels taken over (less confident)
+
+    def summary(self) -> str:
+        where = "" if self.slice_index is None else f" on slice {self.slice_index}"
+        parts = [f"Object {self.label}{where}: {self.written} px written"]
+        if self.protected:
+            parts.append(f"{self.protected} px left as you painted them")
+        parts += [f"{n} px kept by object {other} (more confident there)" for other, n in sorted(self.kept_by.items())]
+        parts += [f"{n} px taken from object {other}" for other, n in sorted(self.taken_from.items())]
+        return "; ".join(parts) + "."
 
 
 @dataclass
 class LabelPatch:
-    """Labels of a region before a model write, to undo it."""
+    """Labels of a region before a model write, and the results it replaced, to undo it."""
 
     slice_index: int | None
     region: tuple[slice, slice]
     before: np.ndarray
     key: tuple[int | None, int]
     previous_result: ObjectResult | None
-    previous_written: np.ndarray | None
+    group: int  # patches of one action (a propagation run) share a group and are undone together
 
 
 class AnnotationSession:
-    """Interactive segmentation state for one image (2D, RGB, or a (Z, H, W) volume) and its labels.
+    """Interactive segmentation state for one image (2D, RGB, or a volume) and its labels.
 
-    `labels` and `user_edited` are modified in place (the widget passes its layer's arrays, or
-    views of them moved so that the slicing axis comes first).
+    `labels` (and `user_edited`) are modified in place: the widget passes its layer's array.
+    For a volume, `axis` is the data axis slices are taken along; the session works on views with
+    that axis first.
     """
 
-    def __init__(self, predictor: Predictor, image: np.ndarray, labels: np.ndarray, *, rgb: bool = False,
-                 window: IntensityWindow | None = None, user_edited: np.ndarray | None = None) -> None:
+    def __init__(self, predictor: Predictor | None, image: np.ndarray, labels: np.ndarray, *, rgb: bool = False,
+                 window: IntensityWindow | None = None, user_edited: np.ndarray | None = None,
+                 axis: int | None = None) -> None:
         spatial = image.shape[:-1] if rgb else image.shape
         if len(spatial) not in (2, 3):
             raise InputError(f"expected a 2D image or a 3D volume, got an image of shape {image.shape}")
         if labels.shape != spatial:
             raise InputError(f"labels of shape {labels.shape} do not match the image's {spatial}")
+        if user_edited is not None and user_edited.shape != spatial:
+            raise InputError(f"user-edit mask of shape {user_edited.shape} does not match the image's {spatial}")
+        self.axis = (0 if axis is None else int(axis)) if len(spatial) == 3 else None
         self.predictor = predictor
-        self.image = image
-        self.labels = labels
         self.rgb = rgb
-        self.window = window
-        self.user_edited = user_edited if user_edited is not None else np.zeros(labels.shape, bool)
+        self.labels_base = labels
+        self.user_edited_base = user_edited if user_edited is not None else np.zeros(spatial, bool)
+        self.image = image if self.axis is None else np.moveaxis(image, self.axis, 0)
+        self.labels = labels if self.axis is None else np.moveaxis(labels, self.axis, 0)
+        self.user_edited = (self.user_edited_base if self.axis is None
+                            else np.moveaxis(self.user_edited_base, self.axis, 0))
+        self._requested_window: object = ()
+        self.set_window(window)
         self.results: dict[tuple[int | None, int], ObjectResult] = {}
-        self._written: dict[tuple[int | None, int], np.ndarray] = {}  # model-written pixels per object
         self.undo_stack: list[LabelPatch] = []
+        self._group: int | None = None
+        self._groups = 0
         self.accepted: set[int | None] = set()
         self.exported: set[int | None] = set()
+
+    def set_window(self, window: IntensityWindow | None) -> None:
+        """The intensity window; percentile/min-max windows of a volume become one fixed window."""
+        if window == self._requested_window:
+            return
+        self._requested_window = window
+        self.window = volume_window(self.image, window, self.rgb) if self.labels.ndim == 3 else window
+
+    def begin_group(self) -> None:
+        """Writes until `end_group` are one undo step (a propagation run)."""
+        self._groups += 1
+        self._group = self._groups
+
+    def end_group(self) -> None:
+        self._group = None
 
     # ---- slices -----------------------------------------------------------------------------
     @property
@@ -81,7 +156,11 @@ class AnnotationSession:
     def n_slices(self) -> int:
         return self.labels.shape[0] if self.is_volume else 1
 
-    def _check_slice(self, slice_index: int | None) -> int | None:
+    @property
+    def slice_shape(self) -> tuple[int, int]:
+        return tuple(self.labels.shape[-2:])
+
+    def check_slice(self, slice_index: int | None) -> int | None:
         if not self.is_volume:
             return None
         if slice_index is None or not 0 <= slice_index < self.n_slices:
@@ -89,161 +168,174 @@ class AnnotationSession:
         return int(slice_index)
 
     def slice_image(self, slice_index: int | None) -> np.ndarray:
-        z = self._check_slice(slice_index)
+        z = self.check_slice(slice_index)
         return self.image if z is None else self.image[z]
 
     def slice_labels(self, slice_index: int | None) -> np.ndarray:
-        z = self._check_slice(slice_index)
+        z = self.check_slice(slice_index)
         return self.labels if z is None else self.labels[z]
 
-    def _slice_of(self, array: np.ndarray, slice_index: int | None) -> np.ndarray:
-        return array if slice_index is None else array[slice_index]
+    def slice_edited(self, slice_index: int | None) -> np.ndarray:
+        z = self.check_slice(slice_index)
+        return self.user_edited if z is None else self.user_edited[z]
 
     def embed(self, slice_index: int | None) -> None:
         """Compute (or find cached) the embedding of a slice; for background pre-computation."""
-        self.predictor.embed(self.slice_image(slice_index), self.window, slice_index)
+        self._require_predictor().embed(self.slice_image(slice_index), self.window, slice_index)
+
+    def _require_predictor(self) -> Predictor:
+        if self.predictor is None:
+            raise InputError("no model loaded: choose one and press 'Load model'")
+        return self.predictor
 
     # ---- one box --------------------------------------------------------------------------------
     def predict(self, slice_index: int | None, box_xyxy, label: int) -> ObjectResult:
         """Run the model for a box; does not touch the labels (safe in a worker thread)."""
         if label < 1:
             raise InputError(f"label value must be 1 or more, got {label}")
-        z = self._check_slice(slice_index)
-        prediction = self.predictor.predict(self.slice_image(z), box_xyxy, window=self.window, slice_index=z)
-        return ObjectResult(z, int(label), prediction.box_xyxy, prediction)
+        z = self.check_slice(slice_index)
+        prediction = self._require_predictor().predict(self.slice_image(z), box_xyxy, window=self.window,
+                                                       slice_index=z)
+        return ObjectResult.from_prediction(z, label, prediction)
 
-    def apply(self, result: ObjectResult) -> LabelPatch:
-        """Write a result into the labels under its label value; returns the undo patch."""
-        key = (result.slice_index, result.label)
-        labels = self._slice_of(self.labels, result.slice_index)
-        edited = self._slice_of(self.user_edited, result.slice_index)
-        previous = self._written.get(key)
-        new_mask = result.prediction.refined_mask
-        region_mask = new_mask if previous is None else (new_mask | previous)
-        rows, cols = np.nonzero(region_mask)
-        if rows.size == 0:
-            r0, r1, c0, c1 = result.prediction.roi
-            region = (slice(r0, r0), slice(c0, c0))
-        else:
-            region = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
-        patch = LabelPatch(result.slice_index, region, labels[region].copy(), key, self.results.get(key),
-                           None if previous is None else previous.copy())
-        free = ~edited
-        if previous is not None:  # retract what the model wrote for this object before
-            stale = previous & ~new_mask & free & (labels == result.label)
-            labels[stale] = 0
-        labels[new_mask & free & (labels == 0)] = result.label
-        self._written[key] = new_mask & free & (labels == result.label)
+    def _claim(self, slice_index: int | None, label: int, region: tuple[slice, slice]) -> np.ndarray:
+        """Refined probability of `label`'s current result over `region` (0 where it says nothing)."""
+        out = np.zeros((region[0].stop - region[0].start, region[1].stop - region[1].start), np.float32)
+        result = self.results.get((slice_index, label))
+        if result is None:
+            return out
+        r0, r1, c0, c1 = result.roi
+        rr0, rr1 = max(r0, region[0].start), min(r1, region[0].stop)
+        cc0, cc1 = max(c0, region[1].start), min(c1, region[1].stop)
+        if rr0 < rr1 and cc0 < cc1:
+            out[rr0 - region[0].start:rr1 - region[0].start, cc0 - region[1].start:cc1 - region[1].start] = \
+                result.refined_prob[rr0 - r0:rr1 - r0, cc0 - c0:cc1 - c0]
+        return out
+
+    def apply(self, result: ObjectResult) -> WriteReport:
+        """Write a result into the labels under its label value (rules in the module docstring)."""
+        z, label = result.slice_index, result.label
+        key = (z, label)
+        labels, edited = self.slice_labels(z), self.slice_edited(z)
+        # The region touched: the new result's roi and wherever the object's old model pixels are.
+        old = (labels == label) & ~edited
+        rows, cols = np.nonzero(old)
+        r0, r1, c0, c1 = result.roi
+        if rows.size:
+            r0, r1 = min(r0, int(rows.min())), max(r1, int(rows.max()) + 1)
+            c0, c1 = min(c0, int(cols.min())), max(c1, int(cols.max()) + 1)
+        region = (slice(r0, r1), slice(c0, c1))
+        if self._group is None:
+            self._groups += 1
+        group = self._group if self._group is not None else self._groups
+        self.undo_stack.append(LabelPatch(z, region, labels[region].copy(), key, self.results.get(key), group))
         self.results[key] = result
-        self.undo_stack.append(patch)
-        return patch
 
-    def segment(self, slice_index: int | None, box_xyxy, label: int) -> ObjectResult:
-        result = self.predict(slice_index, box_xyxy, label)
-        self.apply(result)
-        return result
+        view, free = labels[region], ~edited[region]
+        new_prob = self._claim(z, label, region)
+        new_mask = new_prob > 0.5
+        report = WriteReport(label, z, 0, int(new_mask.sum()), protected=int((new_mask & ~free).sum()))
+        # retract what the model wrote for this object before, then hand freed pixels to the best other claimant
+        stale = free & (view == label) & ~new_mask
+        view[stale] = 0
+        others = [int(v) for v in np.unique(view) if v not in (0, label)]
+        others += [lab for (zz, lab) in self.results if zz == z and lab != label and lab not in others]
+        claims = {other: self._claim(z, other, region) for other in others}
+        if stale.any() and claims:
+            best_value = np.zeros(view.shape, np.int64)
+            best_prob = np.full(view.shape, 0.5, np.float32)
+            for other, prob in claims.items():
+                better = prob > best_prob
+                best_value[better], best_prob[better] = other, prob[better]
+            refill = stale & (best_value > 0)
+            view[refill] = best_value[refill]
+        # write the new mask: free pixels, and other objects' model pixels where this result is at least as sure
+        target = new_mask & free
+        for other in others:
+            theirs = target & (view == other)
+            if not theirs.any():
+                continue
+            wins = theirs & (new_prob >= claims[other]) if (z, other) in self.results else np.zeros_like(theirs)
+            lost = int((theirs & ~wins).sum())
+            if lost:
+                report.kept_by[other] = lost
+            if wins.any():
+                report.taken_from[other] = int(wins.sum())
+            target &= ~(theirs & ~wins)
+        target &= (view == 0) | (view == label) | np.isin(view, list(report.taken_from))
+        view[target] = label
+        report.written = int(((view == label) & free).sum())
+        return report
 
-    def undo(self) -> int | None:
-        """Restore the labels as they were before the last model write. Returns its slice (or None)."""
+    def segment(self, slice_index: int | None, box_xyxy, label: int) -> WriteReport:
+        """Predict and apply in one call (scripts, tests)."""
+        return self.apply(self.predict(slice_index, box_xyxy, label))
+
+    def undo(self) -> list[LabelPatch]:
+        """Restore the labels as they were before the last model write (all of a propagation run);
+        returns the undone patches, latest first. What the user painted since stays."""
         if not self.undo_stack:
             raise InputError("nothing to undo")
-        patch = self.undo_stack.pop()
-        labels = self._slice_of(self.labels, patch.slice_index)
-        edited = self._slice_of(self.user_edited, patch.slice_index)[patch.region]
-        target = labels[patch.region]
-        target[~edited] = patch.before[~edited]  # user strokes made since stay
-        if patch.previous_result is None:
-            self.results.pop(patch.key, None)
-            self._written.pop(patch.key, None)
-        else:
-            self.results[patch.key] = patch.previous_result
-            self._written[patch.key] = patch.previous_written
-        return patch.slice_index
+        group = self.undo_stack[-1].group
+        undone = []
+        while self.undo_stack and self.undo_stack[-1].group == group:
+            patch = self.undo_stack.pop()
+            labels = self.slice_labels(patch.slice_index)
+            edited = self.slice_edited(patch.slice_index)[patch.region]
+            target = labels[patch.region]
+            target[~edited] = patch.before[~edited]
+            if patch.previous_result is None:
+                self.results.pop(patch.key, None)
+            else:
+                self.results[patch.key] = patch.previous_result
+            undone.append(patch)
+        return undone
 
     def record_user_edit(self, index) -> None:
-        """Mark pixels the user painted or erased (numpy index into the labels array)."""
-        self.user_edited[index] = True
+        """Mark pixels the user painted or erased (numpy index into the full, un-moved labels array)."""
+        self.user_edited_base[index] = True
+
+    def slice_maps(self, slice_index: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """(coarse probability, uncertainty) of every object on a slice, combined by maximum."""
+        shape = self.slice_shape
+        coarse, uncertainty = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+        for (z, _), result in self.results.items():
+            if z == slice_index:
+                np.maximum(coarse[result.region], result.coarse_prob, out=coarse[result.region])
+                np.maximum(uncertainty[result.region], result.uncertainty, out=uncertainty[result.region])
+        return coarse, uncertainty
 
     # ---- review ------------------------------------------------------------------------------------
     def accept(self, slice_index: int | None) -> None:
         """Mark a slice's objects as corrected: export and fine-tuning use accepted slices."""
-        z = self._check_slice(slice_index)
-        if not self._slice_of(self.labels, z).any():
+        z = self.check_slice(slice_index)
+        if not self.slice_labels(z).any():
             raise InputError("this slice has no labels to accept")
         self.accepted.add(z)
 
-    def pending_exports(self, source: str = "", axis: int | None = None,
-                        spacing: tuple[float, float] | None = None) -> list[ExportSlice]:
-        """Accepted slices not exported yet, with the box of each object (the user's, or a tight one
-        for objects that were only painted). Call `mark_exported` once they are written."""
+    def accepted_objects(self) -> list[tuple[int | None, np.ndarray, np.ndarray, dict[int, list[float]]]]:
+        """Accepted slices not exported yet: (slice, image copy, labels copy, {label: box}). The box is
+        the user's, or a tight one for objects that were only painted."""
         items = []
-        model = self.predictor.model
         for z in sorted(self.accepted - self.exported, key=lambda v: -1 if v is None else v):
             labels = self.slice_labels(z).copy()
             boxes = {}
             for value in np.unique(labels):
-                if value == 0:
-                    continue
-                result = self.results.get((z, int(value)))
-                boxes[int(value)] = (result.box_xyxy if result is not None
-                                     else box_of_mask(labels == value)).tolist()
-            items.append(ExportSlice(np.asarray(self.slice_image(z)).copy(), labels, boxes, source=source,
-                                     slice_index=z, axis=axis, model=model.model_id,
-                                     adapter_version=model.adapter_version, spacing=spacing))
+                if value:
+                    result = self.results.get((z, int(value)))
+                    box = result.box_xyxy if result is not None else box_of_mask(labels == value)
+                    boxes[int(value)] = [float(v) for v in box]
+            items.append((z, np.asarray(self.slice_image(z)).copy(), labels, boxes))
         return items
 
-    def mark_exported(self, items: list[ExportSlice]) -> None:
-        self.exported.update(item.slice_index for item in items)
+    def mark_exported(self, slice_indices) -> None:
+        self.exported.update(slice_indices)
 
     def next_uncertain_slice(self, current: int | None = None) -> int | None:
-        """The not-yet-accepted slice whose results have the highest mean uncertainty in their box."""
-        scores: dict[int | None, float] = {}
-        for (z, _), result in self.results.items():
-            if z not in self.accepted:
-                scores[z] = max(scores.get(z, 0.0), result.mean_uncertainty)
+        """The unaccepted slice whose labels are most likely wrong (see `review.review_scores`)."""
+        from .review import review_scores
+
+        scores = review_scores(self)
         if not scores:
             return None
-        return max(scores, key=lambda z: (scores[z], -abs((z or 0) - (current or 0))))
-
-    # ---- volumes -----------------------------------------------------------------------------------
-    def propagate(self, slice_index: int, label: int, direction: int, *, min_area: int = 10,
-                  stop_fraction: float = 0.05, grow: float = 0.1, min_overlap: float = 0.4,
-                  max_uncertainty_ratio: float = 3.0) -> Iterator[ObjectResult]:
-        """Segment the object slice after slice in `direction` (+1 or -1), from `slice_index`'s result.
-
-        Each slice's box is the previous slice's mask box, grown by `grow` of its size. A box-prompted
-        model answers something even where the object has ended (it tends to fill the box), so the
-        object counts as gone when the mask is tiny (under `min_area` or `stop_fraction` of the start),
-        when it overlaps the previous slice's mask by IoU < `min_overlap` (real anatomy changes
-        little between adjacent slices), or when the mean uncertainty in the box exceeds
-        `max_uncertainty_ratio` times the start slice's. Yields results without applying them: the
-        caller applies them (on the GUI thread in the widget).
-        """
-        if not self.is_volume:
-            raise InputError("propagation needs a 3D volume")
-        if direction not in (1, -1):
-            raise InputError("direction must be +1 or -1")
-        start = self.results.get((self._check_slice(slice_index), label))
-        if start is None:
-            raise InputError(f"no result for object {label} on slice {slice_index} to propagate from")
-        mask = start.prediction.refined_mask
-        start_area = int(mask.sum())
-        start_uncertainty = max(start.mean_uncertainty, 1e-6)
-        z = slice_index + direction
-        while 0 <= z < self.n_slices and mask.any():
-            rows, cols = np.nonzero(mask)
-            height, width = mask.shape
-            pad_y = max(1.0, grow * (rows.max() - rows.min() + 1))
-            pad_x = max(1.0, grow * (cols.max() - cols.min() + 1))
-            box = np.array([max(0.0, cols.min() - pad_x), max(0.0, rows.min() - pad_y),
-                            min(width - 1.0, cols.max() + pad_x), min(height - 1.0, rows.max() + pad_y)])
-            result = self.predict(z, box, label)
-            new_mask = result.prediction.refined_mask
-            area = int(new_mask.sum())
-            overlap = (new_mask & mask).sum() / max(1, (new_mask | mask).sum())
-            if (area < max(min_area, stop_fraction * start_area) or overlap < min_overlap
-                    or result.mean_uncertainty > max_uncertainty_ratio * start_uncertainty):
-                return
-            mask = new_mask
-            yield result
-            z += direction
+        return max(scores, key=lambda z: (scores[z].total, -abs((z or 0) - (current or 0))))

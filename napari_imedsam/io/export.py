@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .._atomic import atomic_write, clean_stale_temporaries
-from ..inference.preprocess import InputError
+from ..errors import InputError
 from .export_checks import CheckedSlice, check_channels, check_slice
 from .images import ImageData, write_array
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..inference.preprocess import InputError
+from ..errors import InputError
 
 if TYPE_CHECKING:
     from .export import ExportSlice

@@ -16,7 +16,7 @@ from typing import BinaryIO
 import numpy as np
 
 from .._atomic import atomic_write, atomic_write_many
-from ..inference.preprocess import InputError
+from ..errors import InputError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 TIFF_SUFFIXES = (".tif", ".tiff")

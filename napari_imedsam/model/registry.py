@@ -11,6 +11,7 @@ from pathlib import Path
 import pooch
 import torch
 
+from .catalog import DEMO_FILE, PACKAGE_DIR, REGISTRY, ModelSpec, default_model  # noqa: F401 - re-exported
 from .checks import ConfigError, check_inference
 from .config import CONFIGS, get_config
 from .imedsam import IMedSAM, build_model
@@ -23,60 +24,6 @@ from .weights import (
     read_sam_state_dict,
     sha256_of,
 )
-
-PACKAGE_DIR = Path(__file__).resolve().parent.parent
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A named backbone: its architecture, and where its weights live (URL + hash, or in the package)."""
-
-    name: str
-    description: str
-    config: str
-    filename: str
-    url: str | None = None
-    known_hash: str | None = None  # "sha256:<hex>" or, where the publisher gives only that, "md5:<hex>"
-    bundled: bool = False  # shipped inside the package (sample_data / weights folder)
-
-
-DEMO_FILE = "imedsam_demo_tiny.safetensors"
-
-REGISTRY: dict[str, ModelSpec] = {
-    spec.name: spec
-    for spec in (
-        ModelSpec(
-            name="demo",
-            description="bundled tiny I-MedSAM trained from scratch by src_train.demo_recipe "
-                        "(Kvasir-SEG: research/education only; BraTS 2013: CC BY-NC-SA 3.0)",
-            config="tiny",
-            filename=DEMO_FILE,
-            bundled=True,
-        ),
-        ModelSpec(
-            name="sam_vit_b",
-            description="Segment Anything ViT-B (Meta AI, Apache-2.0)",
-            config="vit_b",
-            filename="sam_vit_b_01ec64.pth",
-            url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
-            known_hash="sha256:ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
-        ),
-        ModelSpec(
-            name="medsam_vit_b",
-            description="MedSAM ViT-B (Ma et al., Nat. Commun. 2024), SAM ViT-B fine-tuned on 1.5 M medical images",
-            config="vit_b",
-            filename="medsam_vit_b.pth",
-            url="https://zenodo.org/records/10689643/files/medsam_vit_b.pth",
-            # Zenodo publishes an MD5 checksum for this record; no SHA-256 is published.
-            known_hash="md5:3bb6db55bd0c9ca30b61248bca72f8d6",
-        ),
-    )
-}
-
-
-def default_model() -> str:
-    """The bundled demo model when the package ships it, else SAM ViT-B (downloaded on first use)."""
-    return "demo" if (PACKAGE_DIR / "weights" / DEMO_FILE).is_file() else "sam_vit_b"
 
 
 def cache_dir() -> Path:

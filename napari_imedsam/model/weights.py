@@ -17,16 +17,13 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch.nn import functional as F
 
 from .._atomic import atomic_write
+from ..errors import CheckpointError  # noqa: F401 - raised here, re-exported
 from .checks import ConfigError, check_inference, check_tensors, config_from_header
 from .config import CONFIGS, ModelConfig
 from .imedsam import IMedSAM
 
 HEADER_KEY = "imedsam"
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be used; the message names the file and the reason."""
 
 
 def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

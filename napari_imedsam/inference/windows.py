@@ -1,0 +1,128 @@
+"""Intensity windows: how raw slice values become [0, 1] before the encoder. numpy only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InputError
+
+
+@dataclass(frozen=True)
+class IntensityWindow:
+    """How raw intensities become [0, 1] before the encoder.
+
+    mode: "auto" (uint8 as is, RGB as is, else percentiles), "window" (CT level/width),
+    "percentile" (MR: clip to the low/high percentiles), "minmax", "unit" (already in [0, 1]:
+    a crop of a slice normalised as a whole).
+    """
+
+    mode: str = "auto"
+    level: float = 40.0
+    width: float = 400.0
+    low_percentile: float = 0.5
+    high_percentile: float = 99.5
+
+    def cache_token(self) -> tuple:
+        return (self.mode, self.level, self.width, self.low_percentile, self.high_percentile)
+
+
+CT_PRESETS: dict[str, IntensityWindow] = {
+    "soft tissue": IntensityWindow("window", level=40, width=400),
+    "lung": IntensityWindow("window", level=-600, width=1500),
+    "bone": IntensityWindow("window", level=400, width=1800),
+    "brain": IntensityWindow("window", level=40, width=80),
+}
+MR_PERCENTILES = IntensityWindow("percentile", low_percentile=0.5, high_percentile=99.5)
+UNIT = IntensityWindow("unit")
+
+
+def volume_window(volume: np.ndarray, window: IntensityWindow | None, rgb: bool = False) -> IntensityWindow | None:
+    """One fixed window for every slice of a volume: percentile and min-max windows are computed over
+    the whole volume (a subsample), so a slice without the brightest structure is not stretched
+    differently from its neighbours. 2D images, uint8 data and fixed windows pass unchanged."""
+    window = window or IntensityWindow()
+    data = np.asarray(volume)
+    if rgb or data.ndim != 3 or window.mode not in ("auto", "percentile", "minmax") or (
+            window.mode == "auto" and data.dtype == np.uint8):
+        return None if window == IntensityWindow() else window
+    step = max(1, int(np.ceil((data.size / 2_000_000) ** (1 / 3))))
+    sample = np.asarray(data[::step, ::step, ::step], dtype=np.float32)
+    sample = sample[np.isfinite(sample)]
+    if sample.size == 0:
+        return window
+    if window.mode == "minmax":
+        low, high = float(sample.min()), float(sample.max())
+    else:
+        low, high = (float(v) for v in np.percentile(sample, [window.low_percentile, window.high_percentile]))
+    if high <= low:
+        return window
+    return IntensityWindow("window", level=(low + high) / 2.0, width=high - low)
+
+
+def as_2d_image(image: np.ndarray) -> np.ndarray:
+    """Check a slice is (H, W) grey or (H, W, 3|4) colour; returns it (RGBA drops alpha)."""
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[-1] in (3, 4):
+        image = image[..., :3]
+    elif image.ndim != 2:
+        raise InputError(
+            f"expected a 2D slice (H, W) or a colour image (H, W, 3); got shape {image.shape}. "
+            "Pick one slice of a volume first"
+        )
+    if image.shape[0] < 2 or image.shape[1] < 2:
+        raise InputError(f"image of shape {image.shape} is too small to segment")
+    return image
+
+
+def normalize_intensity(image: np.ndarray, window: IntensityWindow | None = None) -> np.ndarray:
+    """(H, W) or (H, W, 3) raw slice -> (H, W, 3) float32 in [0, 1]."""
+    image = as_2d_image(image)
+    window = window or IntensityWindow()
+    data = image.astype(np.float32, copy=False)
+    if not np.isfinite(data).all():
+        data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
+    mode = window.mode
+    if mode == "auto":
+        if image.dtype == np.uint8:
+            mode = "uint8"
+        elif image.ndim == 3:
+            mode = "minmax"
+        else:
+            mode = "percentile"
+    if mode == "uint8":
+        scaled = data / 255.0
+    elif mode == "unit":
+        scaled = data
+    elif mode == "window":
+        if not (np.isfinite(window.level) and np.isfinite(window.width) and window.width > 0):
+            raise InputError(f"window width must be positive and the level a number, got level {window.level}, "
+                             f"width {window.width}")
+        low = window.level - window.width / 2.0
+        scaled = (data - low) / window.width
+    elif mode in ("percentile", "minmax"):
+        if mode == "percentile":
+            low, high = np.percentile(data, [window.low_percentile, window.high_percentile])
+        else:
+            low, high = float(data.min()), float(data.max())
+        scaled = (data - low) / (high - low) if high > low else np.zeros_like(data)
+    else:
+        raise InputError(f"unknown intensity mode {window.mode!r}")
+    scaled = np.clip(scaled, 0.0, 1.0)
+    if scaled.ndim == 2:
+        scaled = np.repeat(scaled[..., None], 3, axis=-1)
+    return np.ascontiguousarray(scaled, dtype=np.float32)
+
+
+def box_has_contrast(image: np.ndarray, box_xyxy: np.ndarray, window: IntensityWindow | None = None) -> bool:
+    """Whether the pixels in the box differ at all (after a CT window): a constant or all-NaN region
+    gives the encoder nothing to see, and whatever mask comes out is meaningless."""
+    x0, y0, x1, y1 = box_xyxy
+    region = np.asarray(image)[int(np.floor(y0)):int(np.ceil(y1)) + 1, int(np.floor(x0)):int(np.ceil(x1)) + 1]
+    values = region[np.isfinite(region)].astype(np.float64) if region.dtype.kind == "f" else region.astype(np.float64)
+    if values.size == 0:
+        return False
+    if window is not None and window.mode == "window" and window.width > 0:
+        values = np.clip((values - (window.level - window.width / 2.0)) / window.width, 0.0, 1.0)
+    return bool(values.max() > values.min())

@@ -1,0 +1,154 @@
+"""Export accepted slices, one-click fine-tuning in a worker, and adapter versions.
+
+Training runs on a copy of the live model with the user's own inference settings (zoom, window)
+and reports "before -> after" on held-back accepted objects measured the same way; the starting
+weights compete with every validation round, so the loaded result is never worse on them.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from napari.utils.notifications import show_info, show_warning
+from qtpy.QtCore import QObject, Signal
+
+from ..errors import InputError
+
+if TYPE_CHECKING:
+    from .dock import IMedSAMWidget
+
+
+class _Progress(QObject):
+    """Carries (step, total) from the training thread to the dock's progress bar."""
+
+    step = Signal(int, int)
+
+
+def dataset_name(layer_name: str) -> str:
+    """A folder name for an image layer's export and adapters."""
+    from ..io import export
+
+    if hasattr(export, "dataset_folder_name"):
+        return export.dataset_folder_name(layer_name)
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", layer_name).strip(".") or "image"
+
+
+class FineTuner:
+    def __init__(self, dock: IMedSAMWidget) -> None:
+        self.dock = dock
+        self.cancelled = False
+        self.last_report = None
+        self.signal = _Progress()
+        self.signal.step.connect(self._on_step)
+
+    def export_dir(self) -> Path:
+        return Path(self.dock.workdir.value) / "exports" / dataset_name(self.dock.image_layer().name)
+
+    def export(self) -> list[str]:
+        """Append the accepted slices not exported yet to the work folder's export (nnU-Net layout)."""
+        from ..io.export import ExportSlice, export_slices
+
+        dock = self.dock
+        try:
+            session = dock.session()
+            layers = dock.layer_set()
+            image = layers.image
+            in_plane = [a for a in range(len(layers.shape)) if a != layers.axis]
+            spacing = tuple(float(image.scale[a]) for a in in_plane[-2:])
+            source = str(image.source.path or image.metadata.get("source_path") or image.name)
+            window = session.window
+            extra = {} if window is None else {"window": {k: getattr(window, k) for k in (
+                "mode", "level", "width", "low_percentile", "high_percentile")}}
+            model = dock.state.model
+            objects = session.accepted_objects()
+            items = [ExportSlice(pixels, labels, boxes, source=source, slice_index=z, axis=layers.axis,
+                                 model=model.model_id if model else "", spacing=spacing, extra=extra,
+                                 adapter_version=model.adapter_version if model else "")
+                     for z, pixels, labels, boxes in objects]
+            if not items:
+                raise InputError("no new accepted slices to export: correct a slice, then press Accept slice")
+            cases = export_slices(self.export_dir(), items)
+        except (InputError, ValueError, OSError) as exc:
+            dock.error(str(exc))
+            return []
+        session.mark_exported(z for z, *_ in objects)
+        dock.set_status(f"Exported {len(cases)} slice(s) to {self.export_dir()}")
+        return cases
+
+    def start(self) -> None:
+        """Export what is new, then train a copy of the model in a worker; load the result when done."""
+        dock = self.dock
+        if dock.workers.is_busy("finetune"):
+            dock.error("fine-tuning is already running")
+            return
+        try:
+            session = dock.session()
+            if session.accepted - session.exported and not self.export():
+                return
+            from src_train.data import load_export
+
+            samples = load_export(self.export_dir()) if self.export_dir().exists() else []
+            if len(samples) < 2:
+                raise InputError("fine-tuning needs at least 2 accepted objects (some are held back to "
+                                 f"measure Dice); {len(samples)} so far: accept more corrected slices")
+        except (InputError, ValueError, OSError) as exc:
+            dock.error(str(exc))
+            return
+        from src_train.trainer import TrainOptions, train
+
+        model = dock.state.model
+        mode = "decoder" if model.device.type == "cpu" else "adapters"
+        if mode == "decoder":
+            show_info("No GPU: fine-tuning the decoder only (prompt encoder, upscaling, INRs); the encoder stays "
+                      "frozen.")
+        candidate = copy.deepcopy(model)
+        steps = int(dock.steps.value)
+        options = TrainOptions(mode=mode, steps=steps, validate_every=max(1, steps // 5), seed=0,
+                               lr_decoder=3e-4, val_fraction=0.34)
+        self.cancelled = False
+        dock.progress.max, dock.progress.value, dock.progress.visible = steps, 0, True
+        dock.cancel_finetune_button.enabled = True
+        dock.set_status(f"Fine-tuning ({mode} mode) on {len(samples)} accepted objects: {steps} steps…")
+        dock.workers.run("finetune", train, candidate, samples, options, dock.workdir.value,
+                         self.export_dir().name, None, lambda: self.cancelled, "napari-imedsam fine-tune button",
+                         self.signal.step.emit, on_result=lambda report: self._finished(report, candidate),
+                         on_done=self._done)
+
+    def _on_step(self, step: int, total: int) -> None:
+        self.dock.progress.value = step
+        if step % 10 == 0 or step == total:
+            self.dock.set_status(f"Fine-tuning: step {step} of {total}…")
+
+    def cancel(self) -> None:
+        self.cancelled = True  # the trainer stops after the current step and keeps the best so far
+
+    def _done(self) -> None:
+        self.dock.progress.visible = False
+        self.dock.cancel_finetune_button.enabled = False
+
+    def _finished(self, report, candidate) -> None:
+        from ..model.weights import trainable_state
+
+        self.last_report = report
+        version = f"{report.version_path.parent.name}/{report.version_path.stem}"
+        state = self.dock.state
+        state.versions[version] = ({k: v.clone() for k, v in trainable_state(candidate.network).items()},
+                                   str(report.version_path))
+        self.dock.version_combo.choices = list(state.versions)
+        self.dock.version_combo.value = version  # loads it (see use_version)
+        message = f"{report.summary}. Loaded {version}" + (" (cancelled early)" if report.cancelled else "")
+        (show_warning if report.n_val < 3 else show_info)(message)
+        self.dock.set_status(message)
+
+    def use_version(self, version: str) -> None:
+        """Switch the live model to an adapter version (`base` restores the weights before fine-tuning)."""
+        state = self.dock.state
+        if state.model is None or version not in state.versions:
+            return
+        tensors, version_id = state.versions[version]
+        state.model.network.load_state_dict(tensors, strict=False)
+        state.model.adapter_version = version_id  # a new embedding cache key: nothing stale is reused
+        self.dock.set_status(f"Using adapter version {version}.")

@@ -1,0 +1,135 @@
+"""The plugin's napari layers for one image layer, and where the displayed slice is.
+
+Layer order, bottom to top: the image, the uncertainty heatmap (transparent where the model is
+sure), the coarse probability (hidden by default), the labels, the boxes (each with its object
+number). So the mask stays visible with the heatmap on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import napari
+import numpy as np
+from napari.layers import Image, Labels, Shapes
+from napari.utils.colormaps import Colormap
+
+from ..errors import InputError
+from ..inference.boxes import box_from_corners_rc, box_to_corners_rc
+
+BOXES, LABELS = "I-MedSAM boxes", "I-MedSAM labels"
+COARSE, UNCERTAINTY = "I-MedSAM coarse probability", "I-MedSAM uncertainty"
+UNCERTAINTY_LIMITS = (0.0, 0.25)  # predictive variance p(1 - p) peaks at 0.25 where p = 0.5
+# Transparent below ~10 % of the range, then dark red -> orange -> yellow: a thin band on a clean edge.
+UNCERTAINTY_COLORMAP = Colormap(
+    colors=[[0, 0, 0, 0], [0, 0, 0, 0], [0.6, 0.0, 0.1, 0.55], [1.0, 0.5, 0.0, 0.8], [1.0, 1.0, 0.3, 0.95]],
+    controls=[0.0, 0.1, 0.3, 0.6, 1.0], name="imedsam uncertainty",
+)
+BOX_TEXT = {"string": "{label}", "color": "yellow", "anchor": "upper_left", "size": 11}
+
+
+def spatial_shape(layer: Image) -> tuple[int, ...]:
+    return tuple(layer.data.shape[:-1] if layer.rgb else layer.data.shape)
+
+
+@dataclass
+class LayerSet:
+    """The I-MedSAM layers placed over one image layer (same scale and translate)."""
+
+    viewer: napari.viewer.Viewer
+    image: Image
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return spatial_shape(self.image)
+
+    def check_dimensions(self) -> None:
+        if len(self.shape) not in (2, 3):
+            raise InputError(f"I-MedSAM segments 2D images (grey or RGB) and 3D volumes; layer "
+                             f"'{self.image.name}' has shape {self.image.data.shape}: pick another layer")
+
+    # ---- slice geometry: the one place the slicing axis is worked out ---------------------------
+    @property
+    def axis(self) -> int | None:
+        """Data axis the displayed slice is taken along (None for 2D images)."""
+        if len(self.shape) == 2:
+            return None
+        offset = self.viewer.dims.ndim - self.image.ndim
+        hidden = [a - offset for a in self.viewer.dims.not_displayed if a - offset >= 0]
+        return hidden[-1] if hidden else 0
+
+    def current_slice(self) -> int | None:
+        axis = self.axis
+        if axis is None:
+            return None
+        point = self.image.world_to_data(self.viewer.dims.point)
+        return int(np.clip(np.round(point[axis]), 0, self.image.data.shape[axis] - 1))
+
+    def go_to_slice(self, z: int | None) -> None:
+        axis = self.axis
+        if axis is None or z is None:
+            return
+        point = np.zeros(self.image.ndim)
+        point[axis] = z
+        world = self.image.data_to_world(point)
+        self.viewer.dims.set_point(axis + self.viewer.dims.ndim - self.image.ndim, world[axis])
+
+    def box_of(self, vertices: np.ndarray) -> tuple[int | None, np.ndarray]:
+        """A shape's vertices (data coordinates) -> (slice, box x0, y0, x1, y1): its bounding box."""
+        vertices = np.asarray(vertices, float)
+        axis = self.axis
+        if axis is None:
+            return None, box_from_corners_rc(vertices[:, -2:])
+        in_plane = [a for a in range(vertices.shape[1]) if a != axis]
+        return int(np.round(vertices[0, axis])), box_from_corners_rc(vertices[:, in_plane])
+
+    def corners_of(self, slice_index: int | None, box_xyxy: np.ndarray) -> np.ndarray:
+        """The 4 data-coordinate corners of a rectangle for a box on a slice (inverse of `box_of`)."""
+        corners = box_to_corners_rc(box_xyxy)
+        if self.axis is None:
+            return corners
+        full = np.zeros((4, 3))
+        in_plane = [a for a in range(3) if a != self.axis]
+        full[:, in_plane] = corners
+        full[:, self.axis] = slice_index
+        return full
+
+    # ---- layers ----------------------------------------------------------------------------------
+    def _placement(self) -> dict:
+        n = len(self.shape)
+        return {"scale": self.image.scale[-n:], "translate": self.image.translate[-n:]}
+
+    def _get(self, name: str, make) -> object:
+        if name not in self.viewer.layers:
+            self.viewer.add_layer(make())
+        return self.viewer.layers[name]
+
+    def ensure(self) -> tuple[Shapes, Labels, Image, Image]:
+        """Create the plugin layers if missing (in display order); returns (boxes, labels, coarse, uncertainty)."""
+        self.check_dimensions()
+        shape, place = self.shape, self._placement()
+        uncertainty = self._get(UNCERTAINTY, lambda: Image(
+            np.zeros(shape, np.float32), name=UNCERTAINTY, colormap=UNCERTAINTY_COLORMAP, blending="translucent",
+            contrast_limits=UNCERTAINTY_LIMITS, **place))
+        coarse = self._get(COARSE, lambda: Image(
+            np.zeros(shape, np.float32), name=COARSE, colormap="gray", opacity=0.4, contrast_limits=(0, 1),
+            visible=False, **place))
+        labels = self._get(LABELS, lambda: Labels(
+            np.zeros(shape, np.int32), name=LABELS, opacity=0.6,
+            metadata={"affine": self.image.metadata.get("affine")}, **place))
+        boxes = self._get(BOXES, lambda: Shapes(
+            ndim=len(shape), name=BOXES, edge_color="lime", face_color="transparent", edge_width=2,
+            features={"label": np.zeros(0, int)}, feature_defaults={"label": 0}, text=BOX_TEXT, **place))
+        for layer, want in ((uncertainty, shape), (coarse, shape), (labels, shape)):
+            if layer.data.shape != want:
+                raise InputError(f"layer '{layer.name}' has shape {layer.data.shape} but the image "
+                                 f"'{self.image.name}' has {want}: rename or remove that layer")
+        return boxes, labels, coarse, uncertainty
+
+    def write_maps(self, slice_index: int | None, coarse: np.ndarray, uncertainty: np.ndarray) -> None:
+        """Show a slice's coarse probability and uncertainty."""
+        for name, values in ((COARSE, coarse), (UNCERTAINTY, uncertainty)):
+            layer = self.viewer.layers[name]
+            target = layer.data if self.axis is None else np.moveaxis(layer.data, self.axis, 0)[slice_index]
+            target[...] = values
+            layer.refresh()

@@ -1,0 +1,100 @@
+"""Volume actions of the dock: propagate the selected object through the volume, and the review queue."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from napari.utils.notifications import show_info
+
+from ..errors import InputError
+
+if TYPE_CHECKING:
+    from .dock import IMedSAMWidget
+
+
+class VolumeActions:
+    def __init__(self, dock: IMedSAMWidget) -> None:
+        self.dock = dock
+        self.stop_reasons: list[str] = []
+
+    def propagate(self) -> None:
+        """Carry the selected object from the displayed slice through the volume, both directions."""
+        from ..inference.propagation import propagate
+
+        dock = self.dock
+        if dock.workers.is_busy("propagate"):
+            dock.error("propagation is already running: cancel it first")
+            return
+        try:
+            session = dock.session()
+            if not session.is_volume:
+                raise InputError("propagation needs a 3D volume; this image is 2D")
+            z = dock.layer_set().current_slice()
+            label = int(dock.labels_layer().selected_label)
+            if not (session.slice_labels(z) == label).any():
+                raise InputError(f"object {label} has no pixels on slice {z}: select its label in "
+                                 f"'{dock.labels_layer().name}' or draw a box first")
+        except (InputError, ValueError) as exc:
+            dock.error(str(exc))
+            return
+        self.stop_reasons = []
+
+        def run():
+            for direction in (1, -1):
+                generator = propagate(session, z, label, direction)
+                while True:
+                    try:
+                        yield next(generator)
+                    except StopIteration as stop:
+                        self.stop_reasons.append(str(stop.value))
+                        break
+
+        session.begin_group()
+        written = []
+
+        def on_yield(result) -> None:
+            written.append(result.slice_index)
+            dock.show_result(result, quiet=True)
+            dock.set_status(f"Propagating object {label}: slice {result.slice_index} ({len(written)} done)…")
+
+        def on_done() -> None:
+            session.end_group()
+            dock.cancel_button.enabled = False
+            if written:
+                dock.set_status(f"Object {label} propagated to {len(written)} slices ({min(written)}–{max(written)}); "
+                                f"stopped at {'; '.join(self.stop_reasons) or 'your request'}. "
+                                "Next uncertain slice shows where to check first.")
+            else:
+                dock.set_status(f"Object {label} was not propagated: {'; '.join(self.stop_reasons)}.")
+
+        dock.cancel_button.enabled = True
+        dock.set_status(f"Propagating object {label} from slice {z}…")
+        dock.workers.run("propagate", run, on_yield=on_yield, on_done=on_done,
+                         progress={"total": 0, "desc": f"I-MedSAM: propagating object {label}"})
+
+    def cancel(self) -> None:
+        self.dock.workers.quit("propagate")
+
+    def next_uncertain_slice(self) -> None:
+        """Jump to the unaccepted slice whose labels are most likely wrong."""
+        from ..inference.review import review_scores
+
+        dock = self.dock
+        try:
+            session = dock.session()
+        except (InputError, ValueError) as exc:
+            dock.error(str(exc))
+            return
+        current = dock.layer_set().current_slice()
+
+        def done(scores) -> None:
+            if not scores:
+                show_info("Nothing to review: every labelled slice is accepted.")
+                return
+            z = max(scores, key=lambda s: (scores[s].total, -abs((s or 0) - (current or 0))))
+            dock.layer_set().go_to_slice(z)
+            why = "; ".join(scores[z].reasons[:3]) or "lowest confidence"
+            where = "This image" if z is None else f"Slice {z}"
+            dock.set_status(f"{where} is the most likely to be wrong ({why}). Review, correct, accept.")
+
+        dock.workers.run("review", review_scores, session, on_result=done)

@@ -1,0 +1,161 @@
+"""A person's path through the dock on a 2D CT slice: mouse-drawn boxes, napari's own brush, keys.
+
+Everything goes through the real canvas (mouse press / move / release on the Qt widget) and the
+dock's buttons; assertions are on what the user sees: the labels written, their Dice against the
+expert masks, the heatmap, the status line.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_imedsam.inference.boxes import box_of_mask
+from napari_imedsam.widgets.layers import LABELS, UNCERTAINTY
+
+from .conftest import dice, open_image, select
+from .user import drag_box, press_key, stroke
+
+pytestmark = pytest.mark.gui
+STRUCTURES = ("aorta_000", "heart_ventricle_left_000", "vertebrae_T9_000")
+
+
+def thorax(viewer, dock):
+    viewer.open_sample("napari-imedsam", "ct_thorax")
+    image, boxes, labels = open_image(viewer, dock, None, "CT thorax")
+    truth = viewer.layers["CT thorax expert masks"]
+    names = {n: v for v, n in truth.metadata["structures"].items()}
+    return image, boxes, labels, truth.data, names
+
+
+def draw(viewer, dock, image, mask) -> int:
+    """Drag a box around `mask` with the mouse; wait for the result; return the new object's number."""
+    boxes = viewer.layers["I-MedSAM boxes"]
+    n = len(boxes.data)
+    x0, y0, x1, y1 = box_of_mask(mask)
+    drag_box(viewer, image, (y0, x0), (y1, x1))
+    dock.wait_until_idle()
+    assert len(boxes.data) == n + 1, "the drag did not draw a box"
+    return int(boxes.features["label"].iloc[-1])
+
+
+def test_three_objects_in_a_row_then_paint_undo_and_accept(docked):
+    viewer, dock = docked
+    image, boxes, labels, truth, names = thorax(viewer, dock)
+    scores = {}
+    for number, structure in enumerate(STRUCTURES, start=1):
+        mask = truth == names[structure]
+        label = draw(viewer, dock, image, mask)
+        assert label == number  # every box is its own object
+        written = int((labels.data == label).sum())
+        assert f"Object {label}: {written} px written" in dock.status_text()  # what was written, not predicted
+        scores[structure] = dice(labels.data == label, mask)
+        # the heatmap covers every object drawn so far, and the mask stays on top of it
+        x0, y0, x1, y1 = box_of_mask(mask).astype(int)
+        assert viewer.layers[UNCERTAINTY].data[y0:y1 + 1, x0:x1 + 1].max() > 0.01
+    print("Dice per structure (mouse-drawn boxes, demo model):", {k: round(v, 3) for k, v in scores.items()})
+    assert min(scores.values()) > 0.5 and np.mean(list(scores.values())) > 0.75
+    assert list(boxes.features["label"]) == [1, 2, 3] and boxes.text.string.format == "{label}"
+    first = box_of_mask(truth == names[STRUCTURES[0]]).astype(int)
+    assert viewer.layers[UNCERTAINTY].data[first[1]:first[3] + 1, first[0]:first[2] + 1].max() > 0.01
+    order = [layer.name for layer in viewer.layers]
+    assert order.index(LABELS) > order.index(UNCERTAINTY)
+    assert viewer.layers[UNCERTAINTY].colormap.map(np.array([0.0]))[0, 3] == 0  # transparent where sure
+
+    # correct object 2 with napari's brush: a stroke beside the ventricle
+    heart = truth == names["heart_ventricle_left_000"]
+    x0, y0, x1, y1 = box_of_mask(heart)
+    select(viewer, labels)
+    labels.mode, labels.brush_size, labels.selected_label = "paint", 5, 2
+    row = y0 - 6
+    stroke(viewer, image, [(row, c) for c in np.linspace(x0, x1, 12)])
+    painted = labels.data == 2
+    assert painted[int(row), int((x0 + x1) / 2)], "the brush stroke did not land"
+    before_box = labels.data.copy()
+
+    # another box over the painted stroke: the correction survives
+    select(viewer, boxes)
+    boxes.mode = "add_rectangle"
+    label = draw(viewer, dock, image, heart | (np.arange(heart.shape[0])[:, None] < y0 + 4)
+                 & (np.arange(heart.shape[0])[:, None] > row - 10) & heart.any(axis=0)[None, :])
+    assert label == 4
+    assert (labels.data[int(row), int(x0):int(x1)] == 2).all()
+
+    # Undo takes back object 4's result, its box and its heatmap; the stroke stays
+    dock.undo_button.clicked()
+    assert len(boxes.data) == 3 and 4 not in set(boxes.features["label"])
+    np.testing.assert_array_equal(labels.data, before_box)
+
+    # accept with the key, on the canvas
+    press_key(viewer, "Shift-Y")
+    assert None in dock.session().accepted
+
+
+def test_non_rectangles_thin_boxes_and_nothing_to_undo(docked, monkeypatch):
+    viewer, dock = docked
+    infos, errors = [], []
+    monkeypatch.setattr("napari_imedsam.widgets.prompts.show_info", infos.append)
+    monkeypatch.setattr("napari_imedsam.widgets.dock.show_info", infos.append)
+    monkeypatch.setattr("napari_imedsam.widgets.dock.show_error", errors.append)
+    image, boxes, labels, truth, names = thorax(viewer, dock)
+    dock.undo()
+    assert infos == ["nothing to undo"] and not errors  # not an error
+    aorta = truth == names["aorta_000"]
+    x0, y0, x1, y1 = box_of_mask(aorta)
+    boxes.add_ellipses(np.array([[(y0 + y1) / 2, (x0 + x1) / 2], [(y1 - y0) / 2 + 1, (x1 - x0) / 2 + 1]]))
+    dock.wait_until_idle()
+    assert any("ellipse" in m and "bounding box" in m for m in infos)
+    assert dice(labels.data == 1, aorta) > 0.7
+    boxes.add_rectangles(np.array([[100.0, 100.0], [140.0, 100.5]]))  # half a pixel wide
+    dock.wait_until_idle()
+    assert len(errors) == 1 and "at least 2 pixels" in errors[0]
+    assert "Segmenting" not in dock.status_text()
+    boxes.add_rectangles(np.array([[y0, x0], [y1, x1]]))  # the next box still works
+    dock.wait_until_idle()
+    assert (labels.data == 3).any()
+
+
+def test_errors_are_one_clear_message(make_napari_viewer, monkeypatch, tmp_path):
+    viewer = make_napari_viewer(show=True)
+    errors = []
+    monkeypatch.setattr("napari_imedsam.widgets.dock.show_error", errors.append)
+    _, dock = viewer.window.add_plugin_dock_widget("napari-imedsam", "I-MedSAM annotator")
+    dock.accept_slice()
+    assert "no image layer" in errors[-1]
+    viewer.add_image(np.zeros((3, 4, 16, 16), np.float32), name="4d")
+    dock.reset_choices()
+    dock.accept_slice()
+    assert "2D images (grey or RGB) and 3D volumes" in errors[-1] and "'4d'" in errors[-1]
+    assert "I-MedSAM boxes" not in viewer.layers
+    dock.model_combo.value = "checkpoint file…"
+    dock.load_selected_model()  # no file chosen
+    assert "choose a checkpoint file" in errors[-1]
+    dock.checkpoint.value = str(tmp_path / "missing.pth")
+    dock.load_selected_model()
+    dock.wait_until_idle()
+    assert "missing.pth: no such model file" in errors[-1] and dock.state.model is None
+
+
+def test_keys_collide_with_nothing_in_napari():
+    from napari.utils.shortcuts import default_shortcuts
+
+    from napari_imedsam.widgets.actions import ACTIONS
+
+    taken = {str(k).replace("+", "-") for keys in default_shortcuts.values() for k in keys}
+    ours = {key for key, _, _ in ACTIONS.values()}
+    assert not ours & taken, ours & taken
+    assert len(ours) == len(ACTIONS)
+
+
+def test_closing_and_reopening_the_dock_keeps_the_model_and_the_work(docked):
+    viewer, dock = docked
+    image, boxes, labels, truth, names = thorax(viewer, dock)
+    draw(viewer, dock, image, truth == names["aorta_000"])
+    model = dock.state.model
+    viewer.window.remove_dock_widget(dock)
+    _, again = viewer.window.add_plugin_dock_widget("napari-imedsam", "I-MedSAM annotator")
+    assert again is not dock and again.state.model is model
+    again.reset_choices()
+    again.image_combo.value = image
+    again.undo()  # the same session: the first box's result can be undone
+    assert not (labels.data == 1).any()

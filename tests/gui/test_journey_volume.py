@@ -1,0 +1,118 @@
+"""A person's path through a 3D volume: one mouse-drawn box, Propagate, the review queue, accept,
+export and one-click fine-tuning; then back to the base model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_imedsam.inference.boxes import box_of_mask
+from napari_imedsam.inference.predictor import Predictor
+
+from .conftest import dice, open_image, select
+from .user import drag_box, stroke
+
+pytestmark = pytest.mark.gui
+MIDDLE = 20
+
+
+def phantom(viewer, dock):
+    viewer.open_sample("napari-imedsam", "phantom_3d")
+    image, boxes, labels = open_image(viewer, dock, None, "phantom CT (HU)")
+    truth = viewer.layers["phantom truth"].data > 0
+    dock.go_to_slice(MIDDLE)
+    return image, boxes, labels, truth
+
+
+def box_and_propagate(viewer, dock, image, truth):
+    x0, y0, x1, y1 = box_of_mask(truth[MIDDLE])
+    drag_box(viewer, image, (y0, x0), (y1, x1))
+    dock.wait_until_idle()
+    labels = viewer.layers["I-MedSAM labels"]
+    assert [z for z in range(truth.shape[0]) if labels.data[z].any()] == [MIDDLE]  # the displayed slice only
+    labels.selected_label = 1
+    dock.propagate_button.clicked()
+    dock.wait_until_idle(300000)
+    return labels
+
+
+def test_propagate_review_accept_fine_tune_and_back_to_base(docked, tmp_path, monkeypatch):
+    viewer, dock = docked
+    import copy
+
+    dock.set_model(copy.deepcopy(dock.state.model))  # fine-tuning changes weights: keep the fixture's intact
+    image, boxes, labels, truth = phantom(viewer, dock)
+    labels = box_and_propagate(viewer, dock, image, truth)
+    predicted = labels.data == 1
+    filled = np.nonzero(predicted.any(axis=(1, 2)))[0]
+    present = np.nonzero(truth.any(axis=(1, 2)))[0]
+    volume_dice = dice(predicted, truth)
+    print(f"phantom: volume Dice {volume_dice:.3f} from one box; slices {filled[0]}-{filled[-1]} "
+          f"(object {present[0]}-{present[-1]}); {dock.status_text()}")
+    assert volume_dice >= 0.85
+    assert filled[0] >= present[0] - 1 and filled[-1] <= present[-1] + 1
+    assert "propagated to" in dock.status_text()
+
+    # the user erases the object on one slice with napari's eraser: the review queue goes there first
+    dock.go_to_slice(12)
+    select(viewer, labels)
+    labels.mode, labels.brush_size = "erase", 90
+    x0, y0, x1, y1 = box_of_mask(truth[12])
+    stroke(viewer, image, [(12, (y0 + y1) / 2, c) for c in np.linspace(x0 - 20, x1 + 20, 10)])
+    assert not (labels.data[12] == 1).any()
+    dock.go_to_slice(MIDDLE)
+    dock.next_button.clicked()
+    dock.wait_until_idle()
+    assert dock.current_slice() == 12, dock.status_text()
+
+    # accept some slices, fine-tune with one click
+    workdir = tmp_path / "work"
+    dock.workdir.value = str(workdir)
+    accepted = (14, 16, 18, 20, 22, 24)
+    for z in accepted:
+        dock.go_to_slice(z)
+        dock.accept_button.clicked()
+    model = dock.state.model
+    base_state = {k: v.clone() for k, v in model.network.state_dict().items()}
+    others = [z for z in range(8, 33, 3) if z not in accepted]
+    window = dock.session().window
+
+    def unaccepted_dice() -> float:
+        predictor = Predictor(model)
+        return float(np.mean([dice(predictor.predict(image.data[z], box_of_mask(truth[z]), window=window)
+                                   .refined_mask, truth[z]) for z in others]))
+
+    base_dice = unaccepted_dice()
+    base_prediction = Predictor(model).predict(image.data[30], box_of_mask(truth[30]), window=window)
+    dock.steps.value = 60
+    dock.finetune_button.clicked()
+    assert dock.progress.visible
+    dock.wait_until_idle(300000)
+    report = dock.tuner.last_report
+    assert report is not None and report.version_path.exists(), dock.status_text()
+    assert report.n_val >= 2 and "held-back sample(s): before" in dock.status_text()
+    assert len(list((workdir / "exports").glob("*/labelsTr/*.nii.gz"))) == len(accepted)
+    assert dock.version_combo.value.endswith("/v001")
+    tuned_dice = unaccepted_dice()
+    print(f"fine-tuned: Dice on unaccepted slices {base_dice:.4f} -> {tuned_dice:.4f}; {report.summary}")
+    assert tuned_dice >= base_dice - 0.01
+
+    dock.version_combo.value = "base"  # switch back: predictions are bit-identical to before
+    for key, value in model.network.state_dict().items():
+        assert torch.equal(value, base_state[key]), key
+    again = Predictor(model).predict(image.data[30], box_of_mask(truth[30]), window=window)
+    np.testing.assert_array_equal(again.refined_prob, base_prediction.refined_prob)
+
+
+def test_closing_the_viewer_during_propagation_stops_cleanly(docked):
+    viewer, dock = docked
+    image, boxes, labels, truth = phantom(viewer, dock)
+    x0, y0, x1, y1 = box_of_mask(truth[MIDDLE])
+    drag_box(viewer, image, (y0, x0), (y1, x1))
+    dock.wait_until_idle()
+    labels.selected_label = 1
+    dock.propagate_button.clicked()
+    assert dock.workers.is_busy("propagate")
+    viewer.close()  # mid-work
+    assert dock.workers.closed and not dock.workers.is_busy("propagate")
