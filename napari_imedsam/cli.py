@@ -9,9 +9,18 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .cli_checks import (
+    check_outputs,
+    error_message,
+    join_negative_values,
+    json_safe,
+    parse_size,
+    positive_input_size,
+    show_warning,
+)
 from .inference.predictor import Predictor
 from .inference.preprocess import CT_PRESETS, MR_PERCENTILES, InputError, IntensityWindow
-from .io.images import read_image, select_slice, write_array
+from .io.images import read_image, select_slice, write_arrays
 from .model.config import UNCERTAINTY_KINDS
 from .model.registry import REGISTRY, default_model, load_model
 from .model.weights import CheckpointError
@@ -40,6 +49,8 @@ def parse_window(text: str | None) -> IntensityWindow | None:
     if text in CT_PRESETS:
         return CT_PRESETS[text]
     level, width = _numbers(text, 2, "--window (level,width)")
+    if not (np.isfinite(level) and np.isfinite(width) and width > 0):
+        raise InputError(f"--window {text}: level must be a number and width a positive number")
     return IntensityWindow("window", level=level, width=width)
 
 
@@ -47,7 +58,7 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"registry name ({', '.join(REGISTRY)}), a checkpoint file, or a bare config "
                              f"(tiny, vit_b: untrained). Default: {DEFAULT_MODEL}")
-    parser.add_argument("--input-size", type=int, default=None,
+    parser.add_argument("--input-size", type=positive_input_size, default=None,
                         help="encoder input size in pixels (default: the config's; 512 for ViT-B)")
     parser.add_argument("--adapters", default=None, help="adapter file (.safetensors) to load on top")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
@@ -57,12 +68,7 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace):
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        loaded = load_model(args.model, input_size=args.input_size, device=args.device, adapters=args.adapters)
-    for warning in caught:
-        print(f"imedsam: warning: {warning.message}", file=sys.stderr)
-    return loaded
+    return load_model(args.model, input_size=args.input_size, device=args.device, adapters=args.adapters)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -117,10 +123,10 @@ def read_sample(name: str):
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    size = _numbers(args.size, 2, "--size (H,W)", int) if args.size else None
-    if size is not None and min(size) < 1:
-        raise InputError(f"--size must be positive, got {args.size}")
+    size = parse_size(args.size)
     window = parse_window(args.window)
+    outputs = {"--out": args.out, "--uncertainty": args.uncertainty, "--coarse": args.coarse}
+    check_outputs(outputs, [] if args.image.startswith("sample:") else [args.image])
     image, truth = read_sample(args.image) if args.image.startswith("sample:") else (read_image(args.image), None)
     if args.box is None and truth is None:
         raise InputError("--box x0,y0,x1,y1 is required (only sample:NAME/STRUCTURE boxes its own mask)")
@@ -143,11 +149,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                                                slice_index=args.slice)
     volume_slice = args.slice if image.is_volume and size is None else None
     source = image if size is None else None
-    write_array(args.out, result.refined_mask, source, volume_slice)
-    if args.uncertainty:
-        write_array(args.uncertainty, result.uncertainty.astype(np.float32), source, volume_slice)
-    if args.coarse:
-        write_array(args.coarse, result.coarse_prob.astype(np.float32), source, volume_slice)
+    maps = [(args.out, result.refined_mask), (args.uncertainty, result.uncertainty.astype(np.float32)),
+            (args.coarse, result.coarse_prob.astype(np.float32))]
+    write_arrays([(path, array) for path, array in maps if path], source, volume_slice)  # all or nothing
     area = int(result.refined_mask.sum())
     print(f"wrote {args.out}: {area} mask pixels, mean uncertainty in box {result.mean_uncertainty_in_box:.4f}, "
           f"refined {result.n_refined} points")
@@ -179,14 +183,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     import hashlib
 
     from src_train.data import load_dataset
-    from src_train.trainer import TrainOptions, train
+    from src_train.trainer import TrainOptions, check_name, check_options, train
 
-    rank = _init_distributed()  # "auto" then means this rank's GPU (set_device) or the CPU
-    samples = load_dataset(args.data)
-    loaded = _load(args)
     options = TrainOptions(mode=args.mode, epochs=args.epochs, max_seconds=args.max_seconds, seed=args.seed,
                            batch_size=args.batch_size, n_points=args.points, zoom=args.zoom,
                            augment=args.augment, val_fraction=args.val_fraction)
+    check_options(options)  # before anything is loaded, trained or written
+    check_name(args.name)
+    rank = _init_distributed()  # "auto" then means this rank's GPU (set_device) or the CPU
+    samples = load_dataset(args.data)
+    loaded = _load(args)
     print(f"training {loaded.model_id} in {args.mode} mode on {len(samples)} samples from {args.data}")
 
     def report(record: dict) -> None:
@@ -211,7 +217,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from src_train.data import load_folder
     from src_train.trainer import evaluate
 
-    size = _numbers(args.size, 2, "--size (H,W)", int) if args.size else None
+    size = parse_size(args.size)
     samples = load_folder(args.images, args.masks)
     loaded = _load(args)
     if args.uncertainty:
@@ -221,9 +227,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         loaded.network.config = replace(config, decoder=replace(config.decoder, uncertainty=args.uncertainty))
     metrics = evaluate(Predictor(loaded, zoom=args.zoom), samples, output_size=size, baselines=args.baselines)
     if args.json:
-        for row in metrics["rows"]:
-            print(json.dumps(row))
-        print(json.dumps({k: v for k, v in metrics.items() if k != "rows"}))
+        for row in metrics["rows"]:  # NaN / infinity (e.g. HD95 of an empty mask) as null: strict JSON
+            print(json.dumps(json_safe(row), allow_nan=False))
+        print(json.dumps(json_safe({k: v for k, v in metrics.items() if k != "rows"}), allow_nan=False))
     else:
         print(f"{loaded.model_id}: {metrics['n']} images, one tight box each: mean Dice {metrics['dice']:.4f}, "
               f"IoU {metrics['iou']:.4f}, HD95 {metrics['hd95']:.2f} px; coarse Dice {metrics['coarse_dice']:.4f} "
@@ -236,8 +242,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one `imedsam: error:` line for a bad command line (sub-commands use it too)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"imedsam: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="imedsam", description="I-MedSAM box-prompted medical image segmentation")
+    parser = _Parser(prog="imedsam", description="I-MedSAM box-prompted medical image segmentation")
     sub = parser.add_subparsers(dest="command", required=True)
 
     info = sub.add_parser("info", help="architecture and trainable parameters per component")
@@ -292,12 +305,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (InputError, CheckpointError, ValueError, RuntimeError, MemoryError) as exc:
-        print(f"imedsam: error: {exc}", file=sys.stderr)
-        return 2
+    args = build_parser().parse_args(join_negative_values(sys.argv[1:] if argv is None else argv))
+    with warnings.catch_warnings():
+        warnings.simplefilter("default", UserWarning)
+        warnings.showwarning = show_warning  # one `imedsam: warning:` line each (restored on exit)
+        try:
+            return args.func(args)
+        except (InputError, CheckpointError, ValueError, RuntimeError, MemoryError, OSError) as exc:
+            print(f"imedsam: error: {error_message(exc)}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

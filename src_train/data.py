@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_imedsam.errors import InputError
 from napari_imedsam.inference.windows import IntensityWindow
 from napari_imedsam.io.export import read_prompts
 from napari_imedsam.io.images import read_image
@@ -40,18 +41,34 @@ def _as_slice(array: np.ndarray) -> np.ndarray:
     return array[0] if array.ndim == 3 and array.shape[0] == 1 else array
 
 
+def _window(row: dict, folder: Path) -> IntensityWindow | None:
+    """The intensity window a prompt line recorded (None: automatic); a malformed one is named."""
+    spec = row.get("window")
+    if not isinstance(spec, dict):
+        return None
+    try:
+        return IntensityWindow(**spec)
+    except TypeError:
+        raise InputError(f"{folder / 'prompts.jsonl'}: case {row['case']} has an unusable window {spec!r}") from None
+
+
 def load_export(folder: str | os.PathLike) -> list[Sample]:
     """Samples from an `export_slices` dataset: one per box in prompts.jsonl."""
     folder = Path(folder)
     samples = []
     for row in read_prompts(folder):
         case = row["case"]
-        labels = _as_slice(read_image(folder / "labelsTr" / f"{case}.nii.gz").data)
-        channels = [_as_slice(read_image(folder / "imagesTr" / f"{case}_{c:04d}.nii.gz").data)
-                    for c in range(int(row.get("channels", 1)))]
+        label_path = folder / "labelsTr" / f"{case}.nii.gz"
+        labels = _as_slice(read_image(label_path).data)
+        count = row.get("channels", 1)
+        if count not in (1, 3):
+            raise InputError(f"{folder / 'prompts.jsonl'}: case {case} declares {count!r} channels (1 or 3 expected)")
+        channels = [_as_slice(read_image(folder / "imagesTr" / f"{case}_{c:04d}.nii.gz").data) for c in range(count)]
+        if any(c.shape != labels.shape for c in channels):
+            raise InputError(f"{label_path}: labels {labels.shape} do not match the image {channels[0].shape}")
         image = channels[0] if len(channels) == 1 else np.stack(channels, axis=-1)
         mask = labels == row["label"]
-        window = IntensityWindow(**row["window"]) if isinstance(row.get("window"), dict) else None
+        window = _window(row, folder)
         if mask.any():
             samples.append(Sample(image, mask, np.asarray(row["box_xyxy"], float), f"{case}:{row['label']}", window))
     return samples
@@ -60,6 +77,9 @@ def load_export(folder: str | os.PathLike) -> list[Sample]:
 def load_folder(images: str | os.PathLike, masks: str | os.PathLike) -> list[Sample]:
     """Samples from plain folders: each image with the mask of the same name (>0 = object), tight box."""
     images, masks = Path(images), Path(masks)
+    for folder in (images, masks):
+        if not folder.is_dir():
+            raise InputError(f"{folder}: " + ("is not a folder" if folder.exists() else "no such folder"))
     mask_files = {_stem(p): p for p in masks.iterdir() if p.name.lower().endswith(IMAGE_SUFFIXES)}
     samples = []
     for path in sorted(images.iterdir()):
@@ -68,6 +88,9 @@ def load_folder(images: str | os.PathLike, masks: str | os.PathLike) -> list[Sam
         image = _as_slice(read_image(path).data)
         mask_data = _as_slice(read_image(mask_files[_stem(path)]).data)
         mask = (mask_data[..., 0] if mask_data.ndim == 3 else mask_data) > (127 if mask_data.dtype == np.uint8 else 0)
+        if mask.shape != image.shape[:2]:
+            raise InputError(f"{mask_files[_stem(path)]}: mask of shape {mask.shape} does not match its image "
+                             f"{path} of shape {image.shape[:2]}")
         if mask.any():
             samples.append(Sample(image, mask, box_of_mask(mask), _stem(path)))
     if not samples:

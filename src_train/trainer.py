@@ -11,7 +11,6 @@ and 1e-3 for the decoder parts (full mode trains the encoder's own weights at `l
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -25,16 +24,22 @@ from torch import nn
 from napari_imedsam.inference.predictor import Embedding, Predictor
 from napari_imedsam.inference.preprocess import UNIT, Geometry, normalize_intensity, to_model_input, zoom_region
 from napari_imedsam.model.registry import LoadedModel
-from napari_imedsam.model.weights import save_adapters, save_model
+from napari_imedsam.model.weights import save_adapters, save_model, trainable_state
 
 from .augment import augment
 from .data import Sample, manifest_sha256, split
 from .fit import DECODER_GROUPS, EncodedExample, make_batch
 from .losses import imedsam_loss
 from .metrics import dice, hd95, iou
-
-MODES = ("decoder", "adapters", "full", "fine")
-VERSION_PATTERN = re.compile(r"^v(\d{3,})\.safetensors$")
+from .output import (  # noqa: F401  (MODES, VERSION_PATTERN, next_version_path: this module's API before output.py)
+    MODES,
+    VERSION_PATTERN,
+    check_name,
+    check_options,
+    next_version_path,
+    prepare_output,
+    save_result,
+)
 
 
 @dataclass
@@ -147,13 +152,6 @@ def evaluate(predictor: Predictor, samples: list[Sample], output_size: tuple[int
     return summary
 
 
-def next_version_path(folder: Path) -> Path:
-    """`folder/vNNN.safetensors` one above the highest existing version: never an existing file."""
-    folder.mkdir(parents=True, exist_ok=True)
-    versions = [int(m.group(1)) for p in folder.iterdir() if (m := VERSION_PATTERN.match(p.name))]
-    return folder / f"v{max(versions, default=0) + 1:03d}.safetensors"
-
-
 def _trainable(network, mode: str, options: TrainOptions) -> list[dict]:
     groups = network.parameter_groups()
     if mode == "fine":
@@ -222,9 +220,11 @@ def train(loaded: LoadedModel, samples: list[Sample], options: TrainOptions, out
           on_step: Callable[[int, int], None] | None = None) -> TrainReport:
     """Fit, validate each epoch, keep the best weights (the starting ones included) and save them as a
     new version. `on_step(step, total)` reports progress; `should_stop()` is checked every step."""
-    if options.mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {options.mode!r}")
+    check_options(options)
     rank, world = distributed_rank()
+    if rank == 0:  # before any work: the result can be written (folder, permissions, free space)
+        saved = loaded.network.state_dict() if options.mode == "full" else trainable_state(loaded.network)
+        prepare_output(out_dir, name, sum(t.numel() * t.element_size() for t in saved.values()))
     torch.manual_seed(options.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
     rng = np.random.default_rng(options.seed + rank)  # each rank draws its own batches
     network = loaded.network
@@ -329,13 +329,10 @@ def train(loaded: LoadedModel, samples: list[Sample], options: TrainOptions, out
               "metrics_before": {k: before.get(k) for k in ("dice", "iou", "hd95")},
               "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cancelled": cancelled,
               "kept_base": kept_base, "inference": {"zoom": zoom, "zoom_margin": zoom_margin}}
-    folder = Path(out_dir) / "adapters" / name
-    if rank == 0:
-        path = next_version_path(folder)
-        if options.mode == "full":
-            save_model(network, path, header)
-        else:
-            save_adapters(network, path, header)
+    folder = Path(out_dir) / "adapters" / check_name(name)
+    if rank == 0:  # a new version, never overwriting one (concurrent runs), rescued if the disk filled up
+        write = save_model if options.mode == "full" else save_adapters
+        path = save_result(folder, lambda target, **kw: write(network, target, header, **kw))
     if world > 1:
         dist.barrier()
     if rank != 0:

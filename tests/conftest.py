@@ -15,6 +15,8 @@ from napari_imedsam.model.config import TINY, ModelConfig
 from napari_imedsam.model.registry import LoadedModel, load_model
 from src_train.fit import EncodedExample, fit_decoder
 
+from .fault_fixtures import full_disk, png_image, readonly_dir, small_export, tiny_model_file  # noqa: F401
+
 
 def untrained(name: str = "tiny", **kwargs) -> LoadedModel:
     with warnings.catch_warnings():
@@ -82,3 +84,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gui" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Fault suite: note how each case ended (see tests/faults.py)."""
+    from .faults import record
+
+    outcome = yield
+    report = outcome.get_result()
+    report._fault_excinfo = call.excinfo
+    record(item, report)
+
+
+def pytest_terminal_summary(terminalreporter):
+    from .faults import summary
+
+    summary(terminalreporter)

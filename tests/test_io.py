@@ -60,3 +60,18 @@ def test_rgb_png_is_2d_and_jpeg_masks_are_refused(tmp_path):
     assert image.rgb and not image.is_volume and select_slice(image, None).shape == (10, 12, 3)
     with pytest.raises(InputError, match="JPEG is lossy"):
         write_array(tmp_path / "mask.jpg", np.ones((4, 4), bool))
+
+
+def test_dataset_folder_names_are_safe_distinct_and_stable():
+    from napari_imedsam.io.export import dataset_folder_name
+
+    assert dataset_folder_name("liver_ct") == "liver_ct"  # plain names stay as they are
+    hashed = dataset_folder_name("Leber (T1)")
+    assert hashed.startswith("leber_t1-") and len(hashed) == len("leber_t1-") + 8
+    assert hashed == dataset_folder_name("Leber (T1)")
+    names = ["..", ".", "", "肝臓", "脾臓", "Liver", "liver", "con", "a/../b", "x" * 300, "liver_ct-0123abcd"]
+    folders = [dataset_folder_name(n) for n in names]
+    assert len({f.lower() for f in folders}) == len(names)
+    for folder in folders:
+        assert folder and folder not in (".", "..") and not folder.startswith(".") and len(folder) <= 64
+        assert all(c.isascii() and (c.isalnum() or c in "_.-") for c in folder)

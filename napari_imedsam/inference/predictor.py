@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 import threading
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ from .preprocess import (
     InputError,
     IntensityWindow,
     as_2d_image,
+    box_has_contrast,
     grid_points,
     normalize_intensity,
     region_around_box,
@@ -172,6 +174,9 @@ class Predictor:
         """Segment the object in `box_xyxy` (x0, y0, x1, y1 in image pixels) of a 2D slice."""
         image = as_2d_image(image)
         box = validate_box(box_xyxy, image.shape[:2])
+        if not box_has_contrast(image, box, window):
+            warnings.warn(f"the image has no contrast in the box {np.round(box).astype(int).tolist()} (constant, "
+                          "or no finite values, after the intensity window): the mask is meaningless", stacklevel=2)
         if self.zoom:
             return self._predict_zoomed(image, box, window, output_size, slice_index, dense)
         embedding = self.embed(image, window, slice_index)

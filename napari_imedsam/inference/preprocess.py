@@ -26,6 +26,7 @@ from .windows import (  # noqa: F401 - re-exported
     UNIT,
     IntensityWindow,
     as_2d_image,
+    box_has_contrast,
     normalize_intensity,
     volume_window,
 )

@@ -96,8 +96,9 @@ def normalize_intensity(image: np.ndarray, window: IntensityWindow | None = None
     elif mode == "unit":
         scaled = data
     elif mode == "window":
-        if window.width <= 0:
-            raise InputError(f"window width must be positive, got {window.width}")
+        if not (np.isfinite(window.level) and np.isfinite(window.width) and window.width > 0):
+            raise InputError(f"window width must be positive and the level a number, got level {window.level}, "
+                             f"width {window.width}")
         low = window.level - window.width / 2.0
         scaled = (data - low) / window.width
     elif mode in ("percentile", "minmax"):
@@ -112,3 +113,16 @@ def normalize_intensity(image: np.ndarray, window: IntensityWindow | None = None
     if scaled.ndim == 2:
         scaled = np.repeat(scaled[..., None], 3, axis=-1)
     return np.ascontiguousarray(scaled, dtype=np.float32)
+
+
+def box_has_contrast(image: np.ndarray, box_xyxy: np.ndarray, window: IntensityWindow | None = None) -> bool:
+    """Whether the pixels in the box differ at all (after a CT window): a constant or all-NaN region
+    gives the encoder nothing to see, and whatever mask comes out is meaningless."""
+    x0, y0, x1, y1 = box_xyxy
+    region = np.asarray(image)[int(np.floor(y0)):int(np.ceil(y1)) + 1, int(np.floor(x0)):int(np.ceil(x1)) + 1]
+    values = region[np.isfinite(region)].astype(np.float64) if region.dtype.kind == "f" else region.astype(np.float64)
+    if values.size == 0:
+        return False
+    if window is not None and window.mode == "window" and window.width > 0:
+        values = np.clip((values - (window.level - window.width / 2.0)) / window.width, 0.0, 1.0)
+    return bool(values.max() > values.min())

@@ -2,28 +2,46 @@
 
 Layout (nnU-Net v2 "raw"): `imagesTr/CASE_0000.nii.gz` (one file per channel), `labelsTr/CASE.nii.gz`,
 `dataset.json`; and `prompts.jsonl`, one JSON line per box (case, label value, box, source file,
-slice index, axis, model and adapter version, time). Every file is written atomically; case ids
-only grow, so an export never overwrites an earlier one; `dataset.json` is rewritten last, so an
-export interrupted half-way leaves a dataset whose listed cases are all complete.
+slice index, axis, model and adapter version, time).
+
+Safety rules: every slice is checked before anything is written; an export holds an inter-process
+lock on the folder (`.imedsam.lock`), so two napari windows or a script exporting into one folder
+take turns; each case id is reserved with an O_EXCL marker in `.cases/` and never issued twice;
+files are written atomically and never replace an existing file. Per export: images, then the
+prompt lines, then the label files (a label file marks its case complete), then `dataset.json`.
+A failing export (disk full, ...) removes what it wrote and leaves the dataset as it was; one
+killed half-way leaves complete cases only (the next export sets unlabelled images aside in
+`incomplete/` and removes the dead writer's temporaries).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import time
+import unicodedata
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .._atomic import atomic_write
+from .._atomic import atomic_write, clean_stale_temporaries
+from ..errors import InputError
+from .export_checks import CheckedSlice, check_channels, check_slice
 from .images import ImageData, write_array
 
-CASE_PATTERN = re.compile(r"^imedsam_(\d{5})\.nii\.gz$")
-IMAGE_PATTERN = re.compile(r"^imedsam_(\d{5})_\d{4}\.nii\.gz$")
+CASE_PATTERN = re.compile(r"^imedsam_(\d{5,})\.nii\.gz$")
+IMAGE_PATTERN = re.compile(r"^imedsam_(\d{5,})_\d{4}\.nii\.gz$")
+MARKER_PATTERN = re.compile(r"^imedsam_(\d{5,})$")
+LOCK_NAME = ".imedsam.lock"
+LOCK_TIMEOUT_S = 300.0
+SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,47}$")
+HASHED_NAME = re.compile(r"-[0-9a-f]{8}$")
+RESERVED_NAMES = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
 
 
 @dataclass
@@ -31,7 +49,7 @@ class ExportSlice:
     """One accepted 2D slice: raw pixels, its labels, and the boxes that produced them."""
 
     image: np.ndarray  # (H, W) or (H, W, 3)
-    labels: np.ndarray  # (H, W) integer label values
+    labels: np.ndarray  # (H, W) non-negative integer label values
     boxes: dict[int, Sequence[float]]  # label value -> box (x0, y0, x1, y1)
     source: str = ""
     slice_index: int | None = None
@@ -39,7 +57,20 @@ class ExportSlice:
     model: str = ""
     adapter_version: str = "base"
     spacing: tuple[float, float] | None = None  # (row, col) pixel size in mm
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # more fields for the prompt lines (never the core ones)
+
+
+def dataset_folder_name(layer_name: str) -> str:
+    """A folder name for a layer's export and adapters: a lower-case ASCII slug of the name, plus a
+    short hash of the original when the slug differs from it (`"Leber (T1)"` -> `"leber_t1-3f0c..."`),
+    so different names never share a folder, even on case-insensitive file systems. Never empty,
+    `.`, `..`, hidden or a reserved Windows name."""
+    name = str(layer_name)
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9_.-]+", "_", ascii_name.lower()).strip("._-")[:40].strip("._-") or "image"
+    if name == slug and SAFE_NAME.match(slug) and not HASHED_NAME.search(slug) and slug not in RESERVED_NAMES:
+        return slug
+    return f"{slug}-{hashlib.sha256(name.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
 
 
 def _existing_cases(folder: Path) -> list[int]:
@@ -52,13 +83,14 @@ def _existing_cases(folder: Path) -> list[int]:
 
 def _set_aside_incomplete(folder: Path) -> int:
     """Move image files of cases without a label (an interrupted export) to `incomplete/`, where
-    nnU-Net will not trip over them; nothing is deleted. Returns the highest case id ever used."""
+    nnU-Net will not trip over them; nothing is deleted. Returns the highest case id ever issued."""
     complete = set(_existing_cases(folder))
     aside = folder / "incomplete"
     highest = max(complete, default=0)
-    for sub in (folder / "imagesTr", aside):
+    sources = ((folder / "imagesTr", IMAGE_PATTERN), (aside, IMAGE_PATTERN), (folder / ".cases", MARKER_PATTERN))
+    for sub, pattern in sources:
         for path in sub.iterdir() if sub.is_dir() else ():
-            match = IMAGE_PATTERN.match(path.name)
+            match = pattern.match(path.name)
             if not match:
                 continue
             case = int(match.group(1))
@@ -69,64 +101,137 @@ def _set_aside_incomplete(folder: Path) -> int:
     return highest
 
 
+def _reserve_case(folder: Path, after: int) -> tuple[str, Path]:
+    """The next unused case id above `after`, claimed by creating its marker with O_EXCL."""
+    markers = folder / ".cases"
+    markers.mkdir(exist_ok=True)
+    number = after + 1
+    while True:
+        case = f"imedsam_{number:05d}"
+        try:
+            os.close(os.open(markers / case, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            return case, markers / case
+        except FileExistsError:
+            number += 1
+
+
 def _affine(spacing: tuple[float, float] | None) -> np.ndarray:
     row, col = spacing or (1.0, 1.0)
     return np.diag([col, row, 1.0, 1.0])  # NIfTI (x, y, z) = (col, row, slice)
 
 
+def _refuse_symlinks(folder: Path) -> None:
+    for name in (LOCK_NAME, "prompts.jsonl", "dataset.json", "imagesTr", "labelsTr", "incomplete", ".cases"):
+        if (folder / name).is_symlink():
+            raise InputError(f"{folder / name} is a symbolic link; refusing to write through it "
+                             "(replace it with a regular file or folder)")
+
+
+def dataset_lock(folder: Path):
+    """The inter-process lock every export of `folder` holds while it writes."""
+    from filelock import FileLock
+
+    return FileLock(str(folder / LOCK_NAME), timeout=LOCK_TIMEOUT_S)
+
+
 def export_slices(folder: str | os.PathLike, slices: Sequence[ExportSlice]) -> list[str]:
-    """Append `slices` to the dataset in `folder` (created if needed); returns the new case ids."""
+    """Append `slices` to the dataset in `folder` (created if needed); returns the new case ids.
+    Raises `InputError` (a ValueError) for slices that cannot be exported, before writing anything."""
+    from filelock import Timeout
+
     folder = Path(folder)
-    for sub in ("imagesTr", "labelsTr"):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
-    next_id = _set_aside_incomplete(folder) + 1
-    cases, lines = [], []
-    for offset, item in enumerate(slices):
-        labels = np.asarray(item.labels)
-        image = np.asarray(item.image)
-        if labels.shape != image.shape[:2]:
-            raise ValueError(f"labels {labels.shape} do not match the slice {image.shape[:2]}")
-        if not labels.any():
-            raise ValueError("an accepted slice without labels cannot be exported")
-        case = f"imedsam_{next_id + offset:05d}"
-        source = ImageData(labels, affine=_affine(item.spacing))
-        channels = [image] if image.ndim == 2 else [image[..., c] for c in range(image.shape[-1])]
-        for c, channel in enumerate(channels):  # images first, the label file last: it marks the case complete
-            target = folder / "imagesTr" / f"{case}_{c:04d}.nii.gz"
-            if target.exists():
-                raise FileExistsError(f"{target} exists: refusing to overwrite an earlier export")
-            write_array(target, np.asarray(channel), source)
-        write_array(folder / "labelsTr" / f"{case}.nii.gz", labels.astype(np.int16), source)
-        cases.append(case)
+    checked = [check_slice(index, item) for index, item in enumerate(slices)]
+    if not checked:
+        return []
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{folder}: exists and is not a folder")
+    _refuse_symlinks(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        with dataset_lock(folder):
+            _refuse_symlinks(folder)
+            return _export_locked(folder, checked)
+    except Timeout:
+        raise InputError(f"{folder}: another export has held the folder for {LOCK_TIMEOUT_S:.0f} s; "
+                         "try again when it has finished") from None
+
+
+def _export_locked(folder: Path, checked: list[CheckedSlice]) -> list[str]:
+    names = _read_dataset_json(folder).get("channel_names")
+    check_channels(folder, checked, names)
+    for sub in (folder, folder / "imagesTr", folder / "labelsTr"):
+        sub.mkdir(exist_ok=True)
+        clean_stale_temporaries(sub)
+    highest = _set_aside_incomplete(folder)
+    prompts = folder / "prompts.jsonl"
+    size_before = prompts.stat().st_size if prompts.exists() else None
+    written: list[Path] = []
+    cases, lines, labels = [], [], []
+    try:
         now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        for label, box in sorted(item.boxes.items()):
-            lines.append({"case": case, "label": int(label), "box_xyxy": [float(v) for v in box],
-                          "source": item.source, "slice_index": item.slice_index, "axis": item.axis,
-                          "model": item.model, "adapter_version": item.adapter_version, "time": now,
-                          "channels": len(channels), **item.extra})
-    _append_prompts(folder / "prompts.jsonl", lines)
-    _write_dataset_json(folder, slices)
+        for item in checked:  # images first: without a label file they are not a case yet
+            case, marker = _reserve_case(folder, highest)
+            written.append(marker)
+            highest = int(case.split("_")[1])
+            source = ImageData(item.labels, affine=_affine(item.slice.spacing))
+            for c, channel in enumerate(item.channels):
+                written.append(write_array(folder / "imagesTr" / f"{case}_{c:04d}.nii.gz", channel, source,
+                                           overwrite=False))
+            cases.append(case)
+            labels.append((folder / "labelsTr" / f"{case}.nii.gz", item.labels, source))
+            lines += item.prompt_lines(case, now)
+        _append_prompts(prompts, lines)
+        for path, label_array, source in labels:  # a label file marks its case complete
+            written.append(write_array(path, label_array, source, overwrite=False))
+        _write_dataset_json(folder, checked)
+    except BaseException:
+        for path in reversed(written):
+            path.unlink(missing_ok=True)
+        if size_before is None:
+            prompts.unlink(missing_ok=True)
+        elif prompts.exists() and not prompts.is_symlink():
+            os.truncate(prompts, size_before)
+        raise
     return cases
 
 
 def _append_prompts(path: Path, lines: list[dict]) -> None:
-    """Append whole lines with one write + fsync; a reader skips any torn last line."""
-    payload = "".join(json.dumps(line, sort_keys=True) + "\n" for line in lines)
-    with open(path, "a", encoding="utf-8") as handle:
+    """Append whole lines with one write + fsync, starting on a new line: a line torn by a crash
+    stays a line of its own (the reader skips and reports it) instead of swallowing the next one."""
+    payload = "".join(json.dumps(line, sort_keys=True, allow_nan=False) + "\n" for line in lines).encode()
+    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    with os.fdopen(os.open(path, flags, 0o644), "a+b") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        if size:
+            handle.seek(size - 1)
+            if handle.read(1) != b"\n":
+                payload = b"\n" + payload
         handle.write(payload)
         handle.flush()
         os.fsync(handle.fileno())
 
 
-def _write_dataset_json(folder: Path, slices: Sequence[ExportSlice]) -> None:
+def _read_dataset_json(folder: Path) -> dict:
     path = folder / "dataset.json"
-    previous = json.loads(path.read_text()) if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: not valid JSON ({exc}); repair or remove it before exporting") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+def _write_dataset_json(folder: Path, checked: list[CheckedSlice]) -> None:
+    previous = _read_dataset_json(folder)
     labels = dict(previous.get("labels", {"background": 0}))
-    for item in slices:
-        for value in np.unique(np.asarray(item.labels)):
+    for item in checked:
+        for value in np.unique(item.labels):
             if value:
                 labels.setdefault(f"object_{int(value)}", int(value))
-    channels = 3 if any(np.asarray(s.image).ndim == 3 for s in slices) else 1
+    channels = len(checked[0].channels)
     names = previous.get("channel_names") or ({"0": "R", "1": "G", "2": "B"} if channels == 3 else {"0": "image"})
     dataset = {
         "name": previous.get("name", folder.name),
@@ -137,21 +242,39 @@ def _write_dataset_json(folder: Path, slices: Sequence[ExportSlice]) -> None:
         "file_ending": ".nii.gz",
     }
     text = json.dumps(dataset, indent=2, sort_keys=True)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(folder / "dataset.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def read_prompts(folder: str | os.PathLike) -> list[dict]:
-    """Prompt lines of complete cases (label file present); torn or foreign lines are skipped."""
+    """Prompt lines of complete cases (label file present). Lines that are not a valid prompt (one torn
+    by a crash, or edited by hand) are skipped and reported in one warning naming their numbers."""
     folder = Path(folder)
     path = folder / "prompts.jsonl"
     if not path.exists():
         return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    rows, broken = [], []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
+            row = None
+        if not _valid_prompt(row):
+            broken.append(number)
             continue
-        if isinstance(row, dict) and (folder / "labelsTr" / f"{row.get('case')}.nii.gz").exists():
+        if (folder / "labelsTr" / f"{row['case']}.nii.gz").exists():
             rows.append(row)
+    if broken:
+        shown = ", ".join(map(str, broken[:10])) + (", ..." if len(broken) > 10 else "")
+        warnings.warn(f"{path}: skipped {len(broken)} broken line(s) (line {shown}): not a complete prompt, "
+                      "e.g. a write interrupted by a crash", stacklevel=2)
     return rows
+
+
+def _valid_prompt(row: object) -> bool:
+    if not isinstance(row, dict) or not isinstance(row.get("case"), str) or not MARKER_PATTERN.match(row["case"]):
+        return False
+    box = row.get("box_xyxy")
+    return (isinstance(row.get("label"), int) and row["label"] > 0 and isinstance(box, list) and len(box) == 4
+            and all(isinstance(v, (int, float)) and np.isfinite(v) for v in box))

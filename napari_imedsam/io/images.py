@@ -8,12 +8,14 @@ source lands on the same voxels with the source affine.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
-from .._atomic import atomic_write
+from .._atomic import atomic_write, atomic_write_many
 from ..errors import InputError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -45,6 +47,8 @@ def _suffix(path: Path) -> str:
 def read_image(path: str | os.PathLike) -> ImageData:
     """Read a 2D image or a 3D volume; raises `InputError` with one clear message when it cannot."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, not an image file")
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     suffix = _suffix(path)
@@ -113,51 +117,123 @@ def select_slice(image: ImageData, slice_index: int | None) -> np.ndarray:
 
 
 def write_atomic(path: str | os.PathLike, writer) -> Path:
-    """Atomic write keeping the extension (nibabel and tifffile choose the format by it)."""
-    return atomic_write(path, writer, suffix=_suffix(Path(path)))
+    """Atomic write; the temporary has no data extension, so `writer` must name its format."""
+    return atomic_write(path, writer)
 
 
-def write_array(path: str | os.PathLike, array: np.ndarray, source: ImageData | None = None,
-                slice_index: int | None = None) -> Path:
-    """Write a mask or a float map by extension (PNG, TIFF, NIfTI, .npy).
+OUTPUT_SUFFIXES = (".png", *TIFF_SUFFIXES, *NIFTI_SUFFIXES, ".npy")
 
-    NIfTI output keeps the source's affine; a 2D result for one slice of a volume is written into
-    a volume of the source's shape (zeros elsewhere) so it overlays the source in any viewer.
-    """
+
+def check_output_path(path: str | os.PathLike) -> Path:
+    """Refuse an output before any work is done: an unsupported or lossy type, a directory, or a
+    folder that cannot be created or written."""
+    path = Path(path)
+    suffix = _suffix(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory; give a file name, e.g. {path / 'mask.png'}")
+    if suffix in (".jpg", ".jpeg"):
+        raise InputError(f"{path}: JPEG is lossy and would corrupt a mask; use PNG, TIFF or NIfTI")
+    if suffix not in OUTPUT_SUFFIXES:
+        raise InputError(f"{path}: unsupported output type {suffix!r} (use .png, .tif, .nii.gz or .npy)")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:  # missing folders are created on write
+        folder = folder.parent
+    if not folder.is_dir():
+        raise InputError(f"{path}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"{path}: cannot write in {folder} (read-only or no permission)")
+    return path
+
+
+def _with_handle(write: Callable[[BinaryIO], None]) -> Callable[[str], None]:
+    """A temp-path writer from one that writes to an open binary file."""
+
+    def writer(tmp: str) -> None:
+        with open(tmp, "wb") as handle:
+            write(handle)
+
+    return writer
+
+
+def _png_pixels(path: Path, array: np.ndarray) -> np.ndarray:
+    if array.dtype == bool:
+        return array.astype(np.uint8) * 255
+    if np.issubdtype(array.dtype, np.floating):
+        top = float(np.nanmax(array)) if array.size and np.isfinite(array).any() else 1.0
+        return np.clip(np.round(np.nan_to_num(array) * 255.0 / max(top, 1e-12)), 0, 255).astype(np.uint8)
+    low, high = (int(array.min()), int(array.max())) if array.size else (0, 0)
+    if low < 0 or high > 65535:
+        raise InputError(f"{path}: values {low}..{high} do not fit a PNG (0..65535); use .tif, .nii.gz or .npy")
+    return array.astype(np.uint16 if high > 255 else np.uint8)
+
+
+def encoder(path: str | os.PathLike, array: np.ndarray, source: ImageData | None = None,
+            slice_index: int | None = None) -> Callable[[str], None]:
+    """Check that `array` can be written to `path` and return the writer (tmp path -> file) that does it."""
     path = Path(path)
     suffix = _suffix(path)
     array = np.asarray(array)
+    if suffix in (".jpg", ".jpeg"):
+        raise InputError(f"{path}: JPEG is lossy and would corrupt a mask; use PNG, TIFF or NIfTI")
     if suffix in PIL_SUFFIXES:
-        if suffix in (".jpg", ".jpeg"):
-            raise InputError(f"{path}: JPEG is lossy and would corrupt a mask; use PNG, TIFF or NIfTI")
         from PIL import Image
 
-        if array.dtype == bool:
-            png = array.astype(np.uint8) * 255
-        elif np.issubdtype(array.dtype, np.floating):
-            png = np.clip(np.round(array * 255.0 / max(float(array.max()), 1e-12)), 0, 255).astype(np.uint8)
-        else:
-            png = array.astype(np.uint16 if array.max() > 255 else np.uint8)
-        return write_atomic(path, lambda tmp: Image.fromarray(png).save(tmp, format="PNG"))
+        png = _png_pixels(path, array)
+        return _with_handle(lambda handle: Image.fromarray(png).save(handle, format="PNG"))
     if array.dtype == bool:
         array = array.astype(np.uint8)
     if suffix in TIFF_SUFFIXES:
         import tifffile
 
-        return write_atomic(path, lambda tmp: tifffile.imwrite(tmp, array))
+        return _with_handle(lambda handle: tifffile.imwrite(handle, array))
     if suffix == ".npy":
-        return write_atomic(path, lambda tmp: np.save(tmp, array))
+        return _with_handle(lambda handle: np.save(handle, array, allow_pickle=False))
     if suffix in NIFTI_SUFFIXES:
-        import nibabel as nib
-
-        data = array
-        if source is not None and source.is_volume and array.ndim == 2:
-            if slice_index is None:
-                raise InputError("a 2D result for a volume needs its slice index")
-            data = np.zeros(source.data.shape, dtype=array.dtype)
-            data[slice_index] = array
-        affine = source.affine if source is not None and source.affine is not None else np.eye(4)
-        nifti = data.T if data.ndim == 3 else data.T[..., None]  # napari (z, y, x) -> NIfTI (x, y, z)
-        image = nib.Nifti1Image(np.ascontiguousarray(nifti), affine)
-        return write_atomic(path, lambda tmp: nib.save(image, tmp))
+        return _nifti_writer(path, array, source, slice_index)
     raise InputError(f"{path}: unsupported output type {suffix!r} (use .png, .tif, .nii.gz or .npy)")
+
+
+def _nifti_writer(path: Path, array: np.ndarray, source: ImageData | None,
+                  slice_index: int | None) -> Callable[[str], None]:
+    import gzip
+
+    import nibabel as nib
+
+    data = array
+    if source is not None and source.is_volume and array.ndim == 2:
+        if slice_index is None:
+            raise InputError("a 2D result for a volume needs its slice index")
+        data = np.zeros(source.data.shape, dtype=array.dtype)
+        data[slice_index] = array
+    affine = source.affine if source is not None and source.affine is not None else np.eye(4)
+    nifti = data.T if data.ndim == 3 else data.T[..., None]  # napari (z, y, x) -> NIfTI (x, y, z)
+    image = nib.Nifti1Image(np.ascontiguousarray(nifti), affine)
+
+    def write(handle: BinaryIO) -> None:  # by handle: the temporary's name has no .nii.gz for nibabel to go by
+        if _suffix(path) == ".nii":
+            holder = nib.FileHolder(fileobj=handle)
+            image.to_file_map({"image": holder, "header": holder})
+            return
+        with gzip.GzipFile(fileobj=handle, mode="wb", compresslevel=1, mtime=0) as packed:
+            holder = nib.FileHolder(fileobj=packed)
+            image.to_file_map({"image": holder, "header": holder})
+
+    return _with_handle(write)
+
+
+def write_array(path: str | os.PathLike, array: np.ndarray, source: ImageData | None = None,
+                slice_index: int | None = None, overwrite: bool = True) -> Path:
+    """Write a mask or a float map by extension (PNG, TIFF, NIfTI, .npy), atomically.
+
+    NIfTI output keeps the source's affine; a 2D result for one slice of a volume is written into
+    a volume of the source's shape (zeros elsewhere) so it overlays the source in any viewer.
+    `overwrite=False` refuses to replace an existing file (`FileExistsError`).
+    """
+    return atomic_write(path, encoder(path, array, source, slice_index), overwrite=overwrite)
+
+
+def write_arrays(items: list[tuple[str | os.PathLike, np.ndarray]], source: ImageData | None = None,
+                 slice_index: int | None = None) -> list[Path]:
+    """Write several outputs all or nothing: all are checked and written to temporaries first."""
+    writers = [(path, encoder(path, array, source, slice_index)) for path, array in items]
+    return atomic_write_many(writers)

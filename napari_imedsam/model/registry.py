@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ import pooch
 import torch
 
 from .catalog import DEMO_FILE, PACKAGE_DIR, REGISTRY, ModelSpec, default_model  # noqa: F401 - re-exported
+from .checks import ConfigError, check_inference
 from .config import CONFIGS, get_config
 from .imedsam import IMedSAM, build_model
 from .weights import (
@@ -30,14 +32,44 @@ def cache_dir() -> Path:
     return Path(override) if override else Path(pooch.os_cache("napari-imedsam"))
 
 
+def _usable_cache(filename: str) -> Path:
+    """The cache folder, checked: a folder we can write in (unless the file is already there)."""
+    folder = cache_dir()
+    origin = "IMEDSAM_CACHE_DIR" if os.environ.get("IMEDSAM_CACHE_DIR") else "the weights cache"
+    if folder.exists() and not folder.is_dir():
+        raise CheckpointError(f"{origin} {folder} is a file, not a folder; set IMEDSAM_CACHE_DIR to a writable folder")
+    if (folder / filename).is_file():
+        return folder
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CheckpointError(f"{origin} {folder} cannot be created ({exc.strerror}); "
+                              "set IMEDSAM_CACHE_DIR to a writable folder") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CheckpointError(f"{origin} {folder} is not writable; set IMEDSAM_CACHE_DIR to a writable folder")
+    return folder
+
+
+def untrained_identity(network: IMedSAM, seed: int) -> str:
+    """What identifies a bare config's random weights (seed + config, as a hash of the weights
+    themselves), so adapters trained on one untrained base never load on a different one. The
+    position tables, whose shape follows the input size, are left out: they start at zero."""
+    digest = hashlib.sha256(f"untrained:{network.config.name}:seed={seed}".encode())
+    for key, value in sorted(network.state_dict().items()):
+        if "pos_embed" in key or "rel_pos" in key:
+            continue
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def download_checkpoint(url: str, known_hash: str | None, filename: str, progress: bool = True) -> Path:
     """Fetch `url` into the cache (or reuse a verified copy). Partial or corrupt files are never used.
 
     pooch streams into a temporary file in the cache folder, checks the hash and only then
     renames it into place; an existing file with the wrong hash is downloaded again.
     """
-    folder = cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = _usable_cache(filename)
     try:
         path = pooch.retrieve(url, known_hash=known_hash, fname=filename, path=folder, progressbar=progress)
     except ValueError as exc:  # hash mismatch: pooch has already removed the temporary file
@@ -82,7 +114,7 @@ def _load_file(path: Path, config_name: str | None, input_size: int | None) -> t
     sha = sha256_of(path)
     if path.suffix == ".safetensors":
         config, state, header = read_model_file(path)
-        config = config.with_input_size(input_size) if input_size else config
+        config = config.with_input_size(input_size) if input_size is not None else config
         network = build_model(config)
         load_sam_weights(network, state, str(path))
         missing = [k for k in network.state_dict() if k not in state]
@@ -91,7 +123,7 @@ def _load_file(path: Path, config_name: str | None, input_size: int | None) -> t
         return network, sha, header
     state = read_sam_state_dict(path)
     config = get_config(config_name) if config_name else infer_config(state, str(path))
-    config = config.with_input_size(input_size) if input_size else config
+    config = config.with_input_size(input_size) if input_size is not None else config
     network = build_model(config)
     load_sam_weights(network, state, str(path))
     return network, sha, {}
@@ -105,13 +137,15 @@ def load_model(
     adapters: str | os.PathLike | None = None,
     config_name: str | None = None,
     progress: bool = True,
+    seed: int = 0,
 ) -> LoadedModel:
     """Load a registry name (downloaded on first use), a local checkpoint path, or a bare config.
 
     - registry names: see `REGISTRY` (`sam_vit_b`, `medsam_vit_b`, …);
     - a `.pth` file in SAM's state-dict layout (architecture inferred, or `config_name`);
     - a `.safetensors` whole-model file written by `save_model` (config in its header);
-    - a config name (`tiny`, `vit_b`) gives an untrained network, for tests and training from scratch.
+    - a config name (`tiny`, `vit_b`) gives an untrained network, for tests and training from scratch:
+      initialised from `seed` (the global RNG is left alone), identified by a hash of its weights.
     `input_size` overrides the encoder input size (position tables are interpolated).
     """
     key = str(model)
@@ -127,12 +161,17 @@ def load_model(
             path = download_checkpoint(spec.url, spec.known_hash, spec.filename, progress)
         network, sha, header = _load_file(path, spec.config, input_size)
     elif key in CONFIGS and not Path(key).exists():
-        warnings.warn(f"model {key!r}: untrained weights (a bare config)", stacklevel=2)
+        warnings.warn(f"model {key!r}: untrained weights (a bare config, seed {seed})", stacklevel=2)
         config = get_config(key)
-        network = build_model(config.with_input_size(input_size) if input_size else config)
-        sha, header = "untrained", {}
+        config = config.with_input_size(input_size) if input_size is not None else config
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            network = build_model(config)
+        sha, header = untrained_identity(network, seed), {}
     else:
         path = Path(key).expanduser()
+        if path.is_dir():
+            raise CheckpointError(f"{key}: is a directory; --model takes a model file or a model name")
         if not path.exists():
             known = ", ".join([*REGISTRY, *CONFIGS])
             raise CheckpointError(f"{key}: no such model file, and not a known model name ({known})")
@@ -141,9 +180,12 @@ def load_model(
     if adapters is not None:
         header = {**header, **load_adapters(network, adapters, base_sha256=sha)}
         loaded.adapter_version = str(adapters)
-    inference = header.get("inference") or {}
-    loaded.zoom = bool(inference.get("zoom", False))
-    loaded.zoom_margin = float(inference.get("zoom_margin", loaded.zoom_margin))
+    try:
+        inference = check_inference(header)
+    except ConfigError as exc:
+        raise CheckpointError(f"{adapters or key}: {exc}") from None
+    loaded.zoom = inference.get("zoom", False)
+    loaded.zoom_margin = inference.get("zoom_margin", loaded.zoom_margin)
     network.requires_grad_(False)
     network.to(torch_device)
     return loaded

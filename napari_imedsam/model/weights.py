@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -16,10 +18,12 @@ from torch.nn import functional as F
 
 from .._atomic import atomic_write
 from ..errors import CheckpointError  # noqa: F401 - raised here, re-exported
+from .checks import ConfigError, check_inference, check_tensors, config_from_header
 from .config import CONFIGS, ModelConfig
 from .imedsam import IMedSAM
 
 HEADER_KEY = "imedsam"
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -30,16 +34,36 @@ def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def _one_line(exc: BaseException) -> str:
+    """An exception as one line without terminal colour codes: `Type: first line of the message`."""
+    lines = [line.strip() for line in ANSI_ESCAPE.sub("", str(exc)).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
 # ---- SAM-layout checkpoints (.pth) ------------------------------------------------------------
 def read_sam_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Load an official SAM/MedSAM checkpoint safely (`weights_only=True`)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        message = ANSI_ESCAPE.sub("", str(exc))
+        found = re.search(r"GLOBAL ([\w.]+)", message)  # weights_only refused code or foreign objects
+        if found:
+            raise CheckpointError(f"{path}: refused: the file holds pickled objects other than tensors "
+                                  f"({found.group(1)}); only plain state dicts are loaded "
+                                  "(torch.load with weights_only=True)") from None
+        reason = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", message)
+        detail = f"UnpicklingError: {reason.group(1).strip()}" if reason else _one_line(exc)
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({detail})") from None
     except Exception as exc:  # torch raises many types for truncated/garbage files
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_one_line(exc)})") from None
     if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
         state = state["model"]
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -49,11 +73,17 @@ def read_sam_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def infer_config(state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> ModelConfig:
     """Which known architecture a SAM-layout state dict belongs to (by encoder width and depth)."""
-    try:
-        embed_dim = state["image_encoder.patch_embed.proj.weight"].shape[0]
-    except KeyError:
-        raise CheckpointError(f"{source}: no image_encoder.patch_embed.proj.weight; not a SAM checkpoint") from None
-    depth = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("image_encoder.blocks."))
+    patch = state.get("image_encoder.patch_embed.proj.weight")
+    if patch is None:
+        raise CheckpointError(f"{source}: no image_encoder.patch_embed.proj.weight; not a SAM checkpoint")
+    if patch.ndim != 4:
+        raise CheckpointError(f"{source}: image_encoder.patch_embed.proj.weight has shape {tuple(patch.shape)}, "
+                              "not (embed_dim, 3, patch, patch); not a SAM checkpoint")
+    embed_dim = patch.shape[0]
+    blocks = {k.split(".")[2] for k in state if k.startswith("image_encoder.blocks.")}
+    if not blocks or not all(b.isdigit() for b in blocks):
+        raise CheckpointError(f"{source}: no numbered image_encoder.blocks.N tensors; not a SAM checkpoint")
+    depth = 1 + max(int(b) for b in blocks)
     for config in CONFIGS.values():
         if (config.encoder.embed_dim, config.encoder.depth) == (embed_dim, depth):
             return config
@@ -121,16 +151,20 @@ def load_sam_weights(model: IMedSAM, state: Mapping[str, torch.Tensor], source: 
 
 
 # ---- safetensors with a JSON header --------------------------------------------------------
-def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, header: dict[str, Any]) -> Path:
-    """Write tensors + JSON header to `path` atomically (temp file in the same folder + rename)."""
+def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, header: dict[str, Any],
+                            overwrite: bool = True) -> Path:
+    """Write tensors + JSON header to `path` atomically (temp file in the same folder + rename);
+    `overwrite=False` never replaces an existing file (`FileExistsError`)."""
     contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     metadata = {HEADER_KEY: json.dumps(header, sort_keys=True)}
-    return atomic_write(path, lambda tmp: save_file(contiguous, tmp, metadata=metadata))
+    return atomic_write(path, lambda tmp: save_file(contiguous, tmp, metadata=metadata), overwrite=overwrite)
 
 
 def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Tensors and the JSON header of one of our safetensors checkpoints."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
@@ -145,6 +179,8 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
         header = json.loads(metadata[HEADER_KEY])
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path}: header is not valid JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: header is not a JSON object (found {type(header).__name__})")
     return tensors, header
 
 
@@ -159,7 +195,7 @@ def trainable_state(model: IMedSAM, groups: Iterable[str] | None = None) -> dict
     }
 
 
-def save_adapters(model: IMedSAM, path: str | os.PathLike, header: dict[str, Any]) -> Path:
+def save_adapters(model: IMedSAM, path: str | os.PathLike, header: dict[str, Any], overwrite: bool = True) -> Path:
     """Save only trainable tensors (adapters, prompt encoder, upscaling, INR) with a JSON header.
 
     The header must carry `base_model` and `base_sha256`; the config is added here.
@@ -168,7 +204,7 @@ def save_adapters(model: IMedSAM, path: str | os.PathLike, header: dict[str, Any
     if missing:
         raise ValueError(f"adapter header needs {sorted(missing)}")
     full = {"format": "imedsam-adapters/1", "config": model.config.to_dict(), **header}
-    return atomic_save_safetensors(trainable_state(model), path, full)
+    return atomic_save_safetensors(trainable_state(model), path, full, overwrite=overwrite)
 
 
 def load_adapters(model: IMedSAM, path: str | os.PathLike, base_sha256: str | None = None) -> dict[str, Any]:
@@ -177,6 +213,8 @@ def load_adapters(model: IMedSAM, path: str | os.PathLike, base_sha256: str | No
     if header.get("format") != "imedsam-adapters/1":
         raise CheckpointError(f"{path}: not an adapter file (format {header.get('format')!r})")
     config = header.get("config", {})
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: header 'config' is not an object")
     if config.get("name") != model.config.name:
         raise CheckpointError(f"{path}: adapters for {config.get('name')!r}, but the model is {model.config.name!r}")
     if base_sha256 and header.get("base_sha256") not in (base_sha256, None):
@@ -197,11 +235,12 @@ def load_adapters(model: IMedSAM, path: str | os.PathLike, base_sha256: str | No
     return header
 
 
-def save_model(model: IMedSAM, path: str | os.PathLike, header: dict[str, Any], half: bool = False) -> Path:
+def save_model(model: IMedSAM, path: str | os.PathLike, header: dict[str, Any], half: bool = False,
+               overwrite: bool = True) -> Path:
     """Save a whole network (our own trained models, e.g. the bundled demo) as safetensors."""
     state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in model.state_dict().items()}
     full = {"format": "imedsam-model/1", "config": model.config.to_dict(), **header}
-    return atomic_save_safetensors(state, path, full)
+    return atomic_save_safetensors(state, path, full, overwrite=overwrite)
 
 
 def read_model_file(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, Any]]:
@@ -210,9 +249,11 @@ def read_model_file(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, tor
     if header.get("format") != "imedsam-model/1":
         raise CheckpointError(f"{path}: not a whole-model file (format {header.get('format')!r}); "
                               "adapter files are loaded on top of a base model with --adapters")
-    try:
-        config = ModelConfig.from_dict(header["config"])
-    except (KeyError, TypeError) as exc:
+    try:  # bounds and types first, then the tensors against the config: before anything is built
+        config = config_from_header(header.get("config"))
+        check_tensors(config, {key: tuple(value.shape) for key, value in tensors.items()})
+        check_inference(header)
+    except ConfigError as exc:
         raise CheckpointError(f"{path}: header has no usable model config ({exc})") from None
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in tensors.items()}
     return config, state, header
