@@ -8,7 +8,6 @@ weights compete with every validation round, so the loaded result is never worse
 from __future__ import annotations
 
 import copy
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,12 +27,10 @@ class _Progress(QObject):
 
 
 def dataset_name(layer_name: str) -> str:
-    """A folder name for an image layer's export and adapters."""
-    from ..io import export
+    """A folder name for an image layer's export and adapters (a safe slug plus a short hash)."""
+    from ..io.export import dataset_folder_name
 
-    if hasattr(export, "dataset_folder_name"):
-        return export.dataset_folder_name(layer_name)
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", layer_name).strip(".") or "image"
+    return dataset_folder_name(layer_name)
 
 
 class FineTuner:
