@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from segment_anything.modeling import ImageEncoderViT
 
+from napari_imedsam.evaluation import dice
 from napari_imedsam.inference.predictor import Predictor
 from napari_imedsam.io.phantoms import ellipse_phantom, ellipse_phantoms
 from napari_imedsam.model.registry import load_model
 from src_train.fit import EncodedExample, fit_decoder
-from src_train.metrics import dice
 from src_train.points import box_of_mask
 
 

@@ -156,7 +156,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     print(f"wrote {args.out}: {area} mask pixels, mean uncertainty in box {result.mean_uncertainty_in_box:.4f}, "
           f"refined {result.n_refined} points")
     if truth is not None and size is None:
-        from src_train.metrics import dice
+        from .evaluation import dice
 
         print(f"Dice against the sample's expert mask: {dice(result.refined_mask, truth):.4f} "
               f"(box {np.round(box).astype(int).tolist()})")

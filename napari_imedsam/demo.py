@@ -48,9 +48,8 @@ def panel(image01: np.ndarray, result) -> np.ndarray:
 
 
 def headless(model: str, out: Path) -> int:
-    from src_train.metrics import dice
-
     from ._sample_data import CT_SAMPLES, load_ct_slice
+    from .evaluation import dice
     from .inference.predictor import Predictor
     from .model.registry import load_model
 

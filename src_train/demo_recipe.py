@@ -127,15 +127,19 @@ def package(trained: Path, fine_stage: Path, target: Path, counts: dict, recipe:
     return atomic_save_safetensors(half, target, header)
 
 
-def _train(stage: list[str], data: Path, minutes: float, seed: int, out: Path, name: str) -> Path:
-    from napari_imedsam.cli import main as cli
+def _train(model: str | Path, mode: str, data: Path, minutes: float, seed: int, out: Path, name: str,
+           augment: bool = False) -> Path:
+    """One stage: the trainer on the recipe's data, with zoom, for `minutes` of wall time."""
+    from napari_imedsam.model.registry import load_model
 
-    status = cli(["train", *stage, "--data", str(data), "--zoom", "--epochs", "100000", "--max-seconds",
-                  str(minutes * 60), "--seed", str(seed), "--batch-size", "8", "--val-fraction", "0.1",
-                  "--out", str(out), "--name", name, "--device", "cpu"])
-    if status:
-        raise SystemExit(status)
-    return max((out / "adapters" / name).glob("v*.safetensors"))
+    from .data import load_dataset
+    from .trainer import TrainOptions, train
+
+    options = TrainOptions(mode=mode, zoom=True, augment=augment, epochs=100_000, max_seconds=minutes * 60,
+                           seed=seed, batch_size=8, val_fraction=0.1)
+    report = train(load_model(str(model), device="cpu"), load_dataset(data), options, out, name=name,
+                   command=f"src_train.demo_recipe stage {mode}")
+    return report.version_path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,8 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.prepare_only:
         return 0
     data, out = args.work / "train", args.work / "out"
-    trained = _train(["--model", "tiny", "--mode", "full", "--augment"], data, args.minutes, args.seed, out, "demo")
-    fine = _train(["--model", str(trained), "--mode", "fine"], data, args.fine_minutes, args.seed, out, "demo_fine")
+    trained = _train("tiny", "full", data, args.minutes, args.seed, out, "demo", augment=True)
+    fine = _train(trained, "fine", data, args.fine_minutes, args.seed, out, "demo_fine")
     target = package(trained, fine, BUNDLED if args.install else args.work / BUNDLED.name, counts, recipe)
     print(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB)")
     return 0

@@ -21,6 +21,7 @@ import torch
 from torch import distributed as dist
 from torch import nn
 
+from napari_imedsam.evaluation import dice, hd95, iou
 from napari_imedsam.inference.predictor import Embedding, Predictor
 from napari_imedsam.inference.preprocess import UNIT, Geometry, normalize_intensity, to_model_input, zoom_region
 from napari_imedsam.model.registry import LoadedModel
@@ -30,7 +31,6 @@ from .augment import augment
 from .data import Sample, manifest_sha256, split
 from .fit import DECODER_GROUPS, EncodedExample, make_batch
 from .losses import imedsam_loss
-from .metrics import dice, hd95, iou
 from .output import (  # noqa: F401  (MODES, VERSION_PATTERN, next_version_path: this module's API before output.py)
     MODES,
     VERSION_PATTERN,

@@ -8,10 +8,10 @@ import torch
 from scipy import ndimage
 from skimage.transform import resize
 
+from napari_imedsam.evaluation import dice
 from napari_imedsam.inference.predictor import Predictor
 from napari_imedsam.inference.preprocess import CT_PRESETS, InputError
 from napari_imedsam.io.phantoms import ellipse_phantoms
-from src_train.metrics import dice
 from src_train.points import box_of_mask
 
 from .conftest import untrained

@@ -14,12 +14,12 @@ import torch
 from PIL import Image
 
 from napari_imedsam.cli import main
+from napari_imedsam.evaluation import dice, hd95, iou
 from napari_imedsam.inference.predictor import Predictor
 from napari_imedsam.io.export import ExportSlice, export_slices, read_prompts
 from napari_imedsam.io.phantoms import ellipse_phantoms
 from napari_imedsam.model.weights import read_safetensors
 from src_train.data import load_dataset, load_export, split
-from src_train.metrics import dice, hd95, iou
 from src_train.points import box_of_mask
 from src_train.trainer import TrainOptions, next_version_path, train
 

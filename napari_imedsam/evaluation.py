@@ -1,4 +1,4 @@
-"""Segmentation metrics: Dice, IoU and HD95 (95th percentile symmetric Hausdorff distance)."""
+"""Evaluation: segmentation metrics (Dice, IoU, HD95 = 95th percentile symmetric Hausdorff distance)."""
 
 from __future__ import annotations
 
