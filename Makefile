@@ -8,7 +8,7 @@ CONSTRAINTS := requirements/constraints.txt
 # CPU-only machines: this pair imports together and is what pip finds on disk here.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 LATEST := .venv-latest
-PYTEST := if [ -z "$$DISPLAY" ] && command -v xvfb-run >/dev/null; then \
+PYTEST = if [ -z "$$DISPLAY" ] && command -v xvfb-run >/dev/null; then \
 	echo "no DISPLAY: running the tests under xvfb-run"; xvfb-run -a $(1) -m pytest -q; else $(1) -m pytest -q; fi
 
 .PHONY: venv demo test lint bench test-latest lock clean
