@@ -35,3 +35,28 @@ def hd95(prediction: np.ndarray, truth: np.ndarray, spacing: tuple[float, ...] |
     to_a = ndimage.distance_transform_edt(~surface_a, sampling=spacing)
     distances = np.concatenate([to_b[surface_a], to_a[surface_b]])
     return float(np.percentile(distances, 95))
+
+
+def next_click(prediction: np.ndarray, truth: np.ndarray) -> tuple[int, int, bool] | None:
+    """Where a user clicks next to fix `prediction`: the centre of the largest error region.
+
+    The largest connected region of missed object (positive click) or false alarm (negative click);
+    its centre is the pixel farthest from the region's border (so it lies inside even for a ring).
+    Returns (row, col, positive), or None when the prediction is already right.
+    """
+    prediction, truth = np.asarray(prediction, bool), np.asarray(truth, bool)
+    best: tuple[int, np.ndarray, bool] | None = None
+    for errors, positive in ((truth & ~prediction, True), (prediction & ~truth, False)):
+        regions, count = ndimage.label(errors)
+        if not count:
+            continue
+        sizes = np.bincount(regions.ravel())[1:]
+        largest = int(np.argmax(sizes)) + 1
+        if best is None or sizes[largest - 1] > best[0]:
+            best = (int(sizes[largest - 1]), regions == largest, positive)
+    if best is None:
+        return None
+    inside = np.pad(best[1], 1)
+    depth = ndimage.distance_transform_edt(inside)[1:-1, 1:-1]
+    row, col = np.unravel_index(int(np.argmax(depth)), depth.shape)
+    return int(row), int(col), best[2]

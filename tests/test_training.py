@@ -273,3 +273,18 @@ def test_fine_tuning_inherits_how_the_model_is_used_and_never_returns_worse(tmp_
     reloaded = load_model("demo", adapters=report.version_path)
     assert reloaded.zoom
     assert "rough check" in report.summary  # fewer than 3 held back
+
+
+def test_next_click_is_inside_the_largest_error_region():
+    from napari_imedsam.evaluation import next_click
+
+    truth = np.zeros((40, 40), bool)
+    truth[5:25, 5:25] = True
+    prediction = truth.copy()
+    prediction[5:25, 5:12] = False  # a missed strip of 140 px
+    prediction[30:35, 30:35] = True  # a false alarm of 25 px
+    row, col, positive = next_click(prediction, truth)
+    assert positive and 5 <= row < 25 and 5 <= col < 12 and not prediction[row, col]
+    prediction[5:25, 5:12] = True
+    assert next_click(prediction, truth)[2] is False
+    assert next_click(truth, truth) is None
