@@ -137,10 +137,10 @@ def save_new_version(folder: Path, save: Callable[[Path], Path]) -> Path:
             release_version(path)
 
 
-def prepare_output(out_dir: str | os.PathLike, name: str, needed_bytes: int) -> Path:
-    """Before training: the version folder can be created and written, and has room for the result.
-    Also removes what killed saves left behind. Returns the folder."""
-    folder = Path(out_dir) / "adapters" / check_name(name)
+def prepare_output(out_dir: str | os.PathLike, name: str, needed_bytes: int, kind: str = "adapters") -> Path:
+    """Before training: the version folder (`OUT/KIND/NAME`) can be created and written, and has room for
+    the result. Also removes what killed saves left behind. Returns the folder."""
+    folder = Path(out_dir) / kind / check_name(name)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         clean_stale(folder)

@@ -1,0 +1,187 @@
+"""Second-stage training of the Dual False Corrector on a frozen segmentation model (`corrector` mode).
+
+The frozen model predicts each training object from its tight box and from jittered boxes (so the
+corrector sees the kinds of mistakes the model makes); each prediction's region maps are resampled
+to the corrector's size once and kept. The loss has SF-RecSAM's three parts: a segmentation loss
+(BCE + Dice) on the corrected probability, a correction loss for each branch (BCE of the flip
+logits against "this suspicious pixel is really wrong", on suspicious foreground for the
+false-positive branch and suspicious background for the false-negative branch), and an
+uncertainty-guided weight on the correction losses (1 + uncertainty / 0.25: the base is frozen, so
+its uncertainty cannot be trained; the corrector is pushed hardest where the model doubts most).
+The corrector never starts worse than "no correction": validation compares against the refined
+mask, and a run that does not beat it says so.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from napari_imedsam.inference.correction import region_maps
+from napari_imedsam.inference.predictor import Predictor
+from napari_imedsam.model.corrector import CorrectorConfig, DualFalseCorrector, resample, save_corrector
+from napari_imedsam.model.registry import LoadedModel
+
+from .data import Sample, manifest_sha256, split
+from .output import prepare_output, save_result
+from .points import jitter_box
+
+
+@dataclass
+class CorrectorOptions:
+    steps: int = 1500
+    batch_size: int = 16
+    lr: float = 2e-3
+    seed: int = 0
+    val_fraction: float = 0.2
+    boxes_per_sample: int = 3  # the tight box plus jittered ones
+    box_jitter: float = 0.05
+    validate_every: int = 100
+    max_seconds: float | None = None
+    config: CorrectorConfig = field(default_factory=CorrectorConfig)
+
+
+@dataclass
+class RegionExample:
+    maps: torch.Tensor  # (5, S, S)
+    truth: torch.Tensor  # (S, S) float 0/1
+    suspicious: torch.Tensor  # (S, S) bool
+
+
+@dataclass
+class CorrectorReport:
+    path: Path
+    before: dict  # refined mask on the held-back regions: dice, precision, recall
+    after: dict  # corrected mask on the same regions
+    steps: int
+    seconds: float
+    helps: bool
+
+
+def region_example(prediction, image, truth: np.ndarray, window, config: CorrectorConfig) -> RegionExample:
+    """One prediction's corrector input and targets at the corrector's size."""
+    r0, r1, c0, c1 = prediction.roi
+    maps = resample(region_maps(prediction, image, window), (config.size, config.size))[0]
+    crop = torch.from_numpy(truth[r0:r1, c0:c1].astype(np.float32))[None, None]
+    target = (F.interpolate(crop, size=(config.size, config.size), mode="bilinear", align_corners=False)[0, 0]
+              > 0.5).float()
+    flagged = (maps[3] * 0.25 > config.threshold).float()[None, None]
+    doubt = F.max_pool2d(flagged, 3, stride=1, padding=1)[0, 0] > 0
+    return RegionExample(maps, target, doubt)
+
+
+def build_examples(predictor: Predictor, samples: list[Sample], options: CorrectorOptions,
+                   rng: np.random.Generator) -> list[RegionExample]:
+    examples = []
+    for sample in samples:
+        boxes = [np.asarray(sample.box_xyxy, float)]
+        boxes += [jitter_box(boxes[0], sample.mask.shape, rng, options.box_jitter)
+                  for _ in range(options.boxes_per_sample - 1)]
+        for box in boxes:
+            prediction = predictor.predict(sample.image, box, window=sample.window)
+            examples.append(region_example(prediction, sample.image, sample.mask, sample.window, options.config))
+    return examples
+
+
+def corrected_probability(maps: torch.Tensor, doubt: torch.Tensor, fp_logit: torch.Tensor,
+                          fn_logit: torch.Tensor) -> torch.Tensor:
+    """Soft corrected mask: refined foreground kept unless flipped, background added where flipped."""
+    refined = (maps[:, 2] > 0.5).float()
+    s = doubt.float()
+    return refined * (1 - s * torch.sigmoid(fp_logit)) + (1 - refined) * s * torch.sigmoid(fn_logit)
+
+
+def corrector_loss(fp_logit: torch.Tensor, fn_logit: torch.Tensor, maps: torch.Tensor, truth: torch.Tensor,
+                   doubt: torch.Tensor) -> torch.Tensor:
+    refined = maps[:, 2] > 0.5
+    weight = 1.0 + maps[:, 3]  # uncertainty / 0.25 in [0, 1]
+    losses = []
+    for logit, where, target in ((fp_logit, doubt & refined, refined & (truth < 0.5)),
+                                 (fn_logit, doubt & ~refined, ~refined & (truth > 0.5))):
+        if where.any():
+            per_pixel = F.binary_cross_entropy_with_logits(logit[where], target[where].float(), reduction="none")
+            losses.append((per_pixel * weight[where]).sum() / weight[where].sum())
+    corrected = corrected_probability(maps, doubt, fp_logit, fn_logit).clamp(1e-6, 1 - 1e-6)
+    intersection = (corrected * truth).sum(dim=(1, 2))
+    soft_dice = 1 - (2 * intersection + 1) / (corrected.sum(dim=(1, 2)) + truth.sum(dim=(1, 2)) + 1)
+    segmentation = 0.5 * F.binary_cross_entropy(corrected, truth) + 0.5 * soft_dice.mean()
+    return segmentation + sum(losses)
+
+
+def region_scores(masks: list[np.ndarray], truths: list[np.ndarray]) -> dict:
+    """Mean Dice, precision and recall over regions."""
+    dice, precision, recall = [], [], []
+    for mask, truth in zip(masks, truths):
+        hit = float((mask & truth).sum())
+        dice.append(2 * hit / max(1.0, float(mask.sum() + truth.sum())))
+        precision.append(hit / max(1.0, float(mask.sum())))
+        recall.append(hit / max(1.0, float(truth.sum())))
+    return {"dice": float(np.mean(dice)), "precision": float(np.mean(precision)), "recall": float(np.mean(recall))}
+
+
+@torch.no_grad()
+def validate(corrector: DualFalseCorrector, examples: list[RegionExample]) -> tuple[dict, dict]:
+    """(refined, corrected) scores on held-back regions at the corrector's size."""
+    refined, corrected, truths = [], [], []
+    for example in examples:
+        fp_logit, fn_logit = corrector(example.maps[None])
+        keep = example.maps[2] > 0.5
+        flip_off = example.suspicious & keep & (torch.sigmoid(fp_logit[0]) > 0.5)
+        flip_on = example.suspicious & ~keep & (torch.sigmoid(fn_logit[0]) > 0.5)
+        refined.append(keep.numpy())
+        corrected.append(((keep & ~flip_off) | flip_on).numpy())
+        truths.append(example.truth.numpy() > 0.5)
+    return region_scores(refined, truths), region_scores(corrected, truths)
+
+
+def train_corrector(loaded: LoadedModel, samples: list[Sample], options: CorrectorOptions, out_dir: str | Path,
+                    name: str = "default", on_step: Callable[[int, int], None] | None = None,
+                    should_stop: Callable[[], bool] | None = None, command: str = "") -> CorrectorReport:
+    """Train a corrector for the frozen `loaded` model and save it as `OUT/correctors/NAME/vNNN.safetensors`."""
+    folder = prepare_output(out_dir, name, 4 << 20, kind="correctors")
+    torch.manual_seed(options.seed)
+    rng = np.random.default_rng(options.seed)
+    predictor = Predictor(loaded)
+    train_set, val_set = split(samples, options.val_fraction, options.seed)
+    train_examples = build_examples(predictor, train_set, options, rng)
+    val_examples = build_examples(predictor, val_set, CorrectorOptions(boxes_per_sample=1, config=options.config), rng)
+    corrector = DualFalseCorrector(options.config)
+    optimizer = torch.optim.AdamW(corrector.parameters(), lr=options.lr)
+    before, best_after = validate(corrector, val_examples) if val_examples else ({}, {})
+    best_state, best_dice = None, before.get("dice", -1.0)
+    start, step = time.perf_counter(), 0
+    while step < options.steps and not (should_stop and should_stop()):
+        chosen = rng.integers(0, len(train_examples), options.batch_size)
+        maps = torch.stack([train_examples[i].maps for i in chosen])
+        truth = torch.stack([train_examples[i].truth for i in chosen])
+        doubt = torch.stack([train_examples[i].suspicious for i in chosen])
+        fp_logit, fn_logit = corrector(maps)
+        loss = corrector_loss(fp_logit, fn_logit, maps, truth, doubt)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        if on_step:
+            on_step(step, options.steps)
+        if val_examples and (step % options.validate_every == 0 or step == options.steps):
+            refined, after = validate(corrector, val_examples)
+            if after["dice"] > best_dice:
+                best_dice, best_after = after["dice"], after
+                best_state = {k: v.clone() for k, v in corrector.state_dict().items()}
+        if options.max_seconds and time.perf_counter() - start > options.max_seconds:
+            break
+    helps = best_state is not None
+    if helps:
+        corrector.load_state_dict(best_state)
+    header = {"base_model": loaded.model_id, "base_sha256": loaded.weights_sha256, "command": command,
+              "data_manifest_sha256": manifest_sha256(samples), "n_train": len(train_set), "n_val": len(val_set),
+              "metrics_before": before, "metrics": best_after if helps else before, "helps": helps,
+              "steps": step, "options": {k: v for k, v in vars(options).items() if k != "config"}}
+    path = save_result(folder, lambda target, **kw: save_corrector(corrector.eval(), target, header))
+    return CorrectorReport(path, before, best_after if helps else before, step, time.perf_counter() - start, helps)

@@ -1,0 +1,64 @@
+"""The Dual False Corrector: only suspicious pixels change, training saves a loadable version that
+refuses another base, and suggestions come as regions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_imedsam.errors import CheckpointError
+from napari_imedsam.inference.boxes import box_of_mask
+from napari_imedsam.inference.correction import suggest
+from napari_imedsam.inference.predictor import Predictor
+from napari_imedsam.io.phantoms import ellipse_phantoms
+from napari_imedsam.model.corrector import CorrectorConfig, DualFalseCorrector, correct, load_corrector, stack_maps
+from src_train.corrector import CorrectorOptions, train_corrector
+from src_train.data import Sample
+
+
+def test_only_suspicious_pixels_can_flip():
+    torch.manual_seed(0)
+    corrector = DualFalseCorrector(CorrectorConfig(size=32)).eval()
+    with torch.no_grad():  # a corrector that wants to flip everything
+        corrector.fp_head.bias.fill_(10.0)
+        corrector.fn_head.bias.fill_(10.0)
+    refined = np.zeros((40, 40), np.float32)
+    refined[10:30, 10:30] = 0.9
+    uncertainty = np.zeros((40, 40), np.float32)
+    uncertainty[10:12, 10:30] = 0.2  # doubt only along the top edge
+    maps = stack_maps(np.full((40, 40), 0.5, np.float32), refined, refined, uncertainty, np.ones((40, 40)))
+    result = correct(corrector, maps, uncertainty)
+    changed = result.corrected != (refined > 0.5)
+    assert changed.any() and not changed[15:, :].any()  # nothing below the suspicious band (+1 px) moves
+    assert result.remove[10:12, 10:30].all() and not result.add[20:, :].any()
+
+
+@pytest.fixture(scope="module")
+def trained(fitted, tmp_path_factory):
+    loaded, _, _ = fitted
+    samples = [Sample(image, mask, box_of_mask(mask), f"e{i}") for i, (image, mask) in
+               enumerate(ellipse_phantoms(12, seed=21))]
+    options = CorrectorOptions(steps=40, batch_size=8, validate_every=20, boxes_per_sample=2,
+                               config=CorrectorConfig(size=48, width=16))
+    out = tmp_path_factory.mktemp("corrector")
+    return loaded, samples, train_corrector(loaded, samples, options, out, name="phantoms"), out
+
+
+def test_training_saves_a_version_that_loads_only_on_its_base(trained, fitted):
+    loaded, samples, report, out = trained
+    assert report.path == out / "correctors" / "phantoms" / "v001.safetensors" and report.steps == 40
+    assert set(report.before) == {"dice", "precision", "recall"}
+    if report.helps:
+        assert report.after["dice"] > report.before["dice"]
+    corrector = load_corrector(report.path, base_sha256=loaded.weights_sha256)
+    with pytest.raises(CheckpointError, match="another base model"):
+        load_corrector(report.path, base_sha256="0" * 64)
+    image, mask = ellipse_phantoms(1, seed=99)[0]
+    prediction = Predictor(loaded).predict(image, box_of_mask(mask))
+    suggestions = suggest(corrector, prediction, image)
+    assert suggestions.corrected_mask.shape == mask.shape
+    refined = prediction.refined_mask
+    np.testing.assert_array_equal(suggestions.corrected_mask, (refined & (suggestions.remove == 0))
+                                  | (suggestions.add > 0))
+    assert not (suggestions.remove > 0)[~refined].any() and not (suggestions.add > 0)[refined].any()
