@@ -62,3 +62,35 @@ def test_training_saves_a_version_that_loads_only_on_its_base(trained, fitted):
     np.testing.assert_array_equal(suggestions.corrected_mask, (refined & (suggestions.remove == 0))
                                   | (suggestions.add > 0))
     assert not (suggestions.remove > 0)[~refined].any() and not (suggestions.add > 0)[refined].any()
+
+
+def test_accepted_suggestions_are_user_edits_and_undo_as_one_step():
+    from napari_imedsam.inference import suggestions
+    from napari_imedsam.inference.session import AnnotationSession
+
+    from .test_session import fake_result
+
+    session = AnnotationSession(None, np.zeros((20, 20), np.float32), np.zeros((20, 20), np.int32))
+    prob = np.zeros((20, 20), np.float32)
+    prob[4:14, 4:14] = 0.9
+    result = fake_result(1, prob)
+    result.remove = np.zeros((20, 20), np.int32)
+    result.remove[4:6, 4:14] = 1  # the top rows are a false positive
+    result.add = np.zeros((20, 20), np.int32)
+    result.add[14:16, 4:14] = 1  # two rows below are missed
+    session.apply(result)
+    assert suggestions.suggestion_map(session, None)[15, 8] == 2
+    found = suggestions.suggestion_at(session, None, 15, 8)
+    assert found[1:] == ("add", 1)
+    assert suggestions.accept(session, *found) == 20
+    assert (session.labels[14:16, 4:14] == 1).all() and session.user_edited[14:16, 4:14].all()
+    assert suggestions.accept_all(session, None) == 20  # the removal
+    assert not session.labels[4:6].any()
+    again = fake_result(1, prob)  # the model again: what the user accepted stays
+    session.apply(again)
+    assert (session.labels[14:16, 4:14] == 1).all() and not session.labels[4:6].any()
+    session.undo()  # the model result
+    session.undo()  # the removal
+    assert (session.labels[4:6, 4:14] == 1).all() and not session.user_edited[4:6].any()
+    session.undo()  # the addition
+    assert not session.labels[14:16].any() and not session.user_edited.any()

@@ -35,14 +35,21 @@ class ObjectResult:
     uncertainty: np.ndarray
     refined_prob: np.ndarray
     mean_uncertainty: float
+    # The corrector's suggestions inside `roi` (region ids, 0 = none), when the model has a corrector.
+    remove: np.ndarray | None = None
+    add: np.ndarray | None = None
 
     @classmethod
-    def from_prediction(cls, slice_index: int | None, label: int, prediction: Prediction) -> ObjectResult:
+    def from_prediction(cls, slice_index: int | None, label: int, prediction: Prediction,
+                        suggestions=None) -> ObjectResult:
         r0, r1, c0, c1 = prediction.roi
         crop = (slice(r0, r1), slice(c0, c1))
+        remove = add = None
+        if suggestions is not None:
+            remove, add = suggestions.remove[crop].copy(), suggestions.add[crop].copy()
         return cls(slice_index, int(label), np.asarray(prediction.box_xyxy, float), (r0, r1, c0, c1),
                    prediction.coarse_prob[crop].copy(), prediction.uncertainty[crop].copy(),
-                   prediction.refined_prob[crop].copy(), prediction.mean_uncertainty_in_box)
+                   prediction.refined_prob[crop].copy(), prediction.mean_uncertainty_in_box, remove, add)
 
     @property
     def region(self) -> tuple[slice, slice]:
@@ -94,6 +101,8 @@ class LabelPatch:
     key: tuple[int | None, int]
     previous_result: ObjectResult | None
     group: int  # patches of one action (a propagation run) share a group and are undone together
+    changed: np.ndarray | None = None  # a user-side edit (an accepted suggestion): the pixels it set
+    edited_before: np.ndarray | None = None  # and the user-edit flags before it, in `region`
 
 
 class AnnotationSession:
@@ -125,6 +134,7 @@ class AnnotationSession:
                             else np.moveaxis(self.user_edited_base, self.axis, 0))
         self._requested_window: object = ()
         self.set_window(window)
+        self.corrector = None  # a DualFalseCorrector: results then carry remove/add suggestions
         self.results: dict[tuple[int | None, int], ObjectResult] = {}
         self.undo_stack: list[LabelPatch] = []
         self._group: int | None = None
@@ -194,9 +204,14 @@ class AnnotationSession:
         if label < 1:
             raise InputError(f"label value must be 1 or more, got {label}")
         z = self.check_slice(slice_index)
-        prediction = self._require_predictor().predict(self.slice_image(z), box_xyxy, window=self.window,
-                                                       slice_index=z)
-        return ObjectResult.from_prediction(z, label, prediction)
+        image = self.slice_image(z)
+        prediction = self._require_predictor().predict(image, box_xyxy, window=self.window, slice_index=z)
+        suggestions = None
+        if self.corrector is not None:
+            from .correction import suggest
+
+            suggestions = suggest(self.corrector, prediction, image, self.window)
+        return ObjectResult.from_prediction(z, label, prediction, suggestions)
 
     def _claim(self, slice_index: int | None, label: int, region: tuple[slice, slice]) -> np.ndarray:
         """Refined probability of `label`'s current result over `region` (0 where it says nothing)."""
@@ -283,13 +298,34 @@ class AnnotationSession:
             labels = self.slice_labels(patch.slice_index)
             edited = self.slice_edited(patch.slice_index)[patch.region]
             target = labels[patch.region]
-            target[~edited] = patch.before[~edited]
+            if patch.changed is not None:  # an edit: exactly its pixels go back, flags included
+                target[patch.changed] = patch.before[patch.changed]
+                edited[patch.changed] = patch.edited_before[patch.changed]
+            else:
+                target[~edited] = patch.before[~edited]
             if patch.previous_result is None:
                 self.results.pop(patch.key, None)
             else:
                 self.results[patch.key] = patch.previous_result
             undone.append(patch)
         return undone
+
+    def apply_edit(self, slice_index: int | None, pixels: np.ndarray, value: int,
+                   key: tuple[int | None, int]) -> int:
+        """A user-side edit (an accepted suggestion): set `pixels` (slice-size bool) to `value`, mark
+        them as the user's (never overwritten), as one undo step. Returns the pixels changed."""
+        labels, edited = self.slice_labels(slice_index), self.slice_edited(slice_index)
+        pixels = pixels & (labels != value)
+        rows, cols = np.nonzero(pixels)
+        if rows.size == 0:
+            return 0
+        region = (slice(int(rows.min()), int(rows.max()) + 1), slice(int(cols.min()), int(cols.max()) + 1))
+        self._groups += 1
+        self.undo_stack.append(LabelPatch(slice_index, region, labels[region].copy(), key, self.results.get(key),
+                                          self._groups, pixels[region].copy(), edited[region].copy()))
+        labels[pixels] = value
+        edited[pixels] = True
+        return int(rows.size)
 
     def record_user_edit(self, index) -> None:
         """Mark pixels the user painted or erased (numpy index into the full, un-moved labels array)."""
