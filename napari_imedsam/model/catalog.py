@@ -20,6 +20,7 @@ class ModelSpec:
     url: str | None = None
     known_hash: str | None = None  # "sha256:<hex>" or, where the publisher gives only that, "md5:<hex>"
     bundled: bool = False  # shipped inside the package (sample_data / weights folder)
+    corrector: str | None = None  # a Dual False Corrector for it, shipped in the weights folder
 
 
 DEMO_FILE = "imedsam_demo_tiny.safetensors"

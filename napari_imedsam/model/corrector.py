@@ -128,3 +128,14 @@ def load_corrector(path, base_sha256: str | None = None) -> DualFalseCorrector:
     except (TypeError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: corrector tensors do not match its header ({exc})") from None
     return corrector.eval().requires_grad_(False)
+
+
+def bundled_corrector(model_name: str, base_sha256: str) -> DualFalseCorrector | None:
+    """The corrector shipped for a registry model (`ModelSpec.corrector`), if any and if it matches."""
+    from .catalog import PACKAGE_DIR, REGISTRY
+
+    spec = REGISTRY.get(model_name)
+    filename = getattr(spec, "corrector", None)
+    if not filename or not (PACKAGE_DIR / "weights" / filename).is_file():
+        return None
+    return load_corrector(PACKAGE_DIR / "weights" / filename, base_sha256=base_sha256)

@@ -22,6 +22,12 @@ ACTIONS: dict[str, tuple[str, str, str]] = {
     "napari-imedsam:propagate": ("Shift-G", "I-MedSAM: propagate the selected object through the volume",
                                  "propagate"),
     "napari-imedsam:undo": ("Shift-Z", "I-MedSAM: undo the last box or propagation result", "undo"),
+    "napari-imedsam:accept_suggestion": ("Shift-S", "I-MedSAM: accept the corrector's suggestion under the cursor",
+                                         "accept_suggestion"),
+    "napari-imedsam:accept_all_suggestions": ("Shift-D", "I-MedSAM: accept every suggestion on the slice",
+                                              "accept_all_suggestions"),
+    "napari-imedsam:dismiss_suggestions": ("Shift-X", "I-MedSAM: dismiss the suggestions on the slice",
+                                           "dismiss_suggestions"),
 }
 _DOCKS: dict[int, object] = {}  # viewer id -> the dock that handles its keys
 

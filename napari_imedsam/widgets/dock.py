@@ -5,46 +5,26 @@ so opening the dock from the Plugins menu of a running napari is instant and saf
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import napari
-from magicgui.widgets import (
-    CheckBox,
-    ComboBox,
-    Container,
-    FileEdit,
-    Label,
-    ProgressBar,
-    PushButton,
-    SpinBox,
-    create_widget,
-)
 from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QEvent, Qt
-from qtpy.QtWidgets import QFrame, QLabel, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
+from qtpy.QtCore import QEvent
+from qtpy.QtWidgets import QWidget
 
 from .._lazy_imports import guard_triton
 from ..errors import InputError
 from ..inference.windows import CT_PRESETS, MR_PERCENTILES, IntensityWindow
-from . import actions, state
+from . import actions, controls, models, state
+from .controls import AS_DISPLAYED, CHECKPOINT
+from .corrections import CorrectionActions
 from .finetune import FineTuner
 from .layers import BOXES, LABELS, UNCERTAINTY, LayerSet
 from .prompts import BoxPrompter
 from .state import identity
 from .volume import VolumeActions
 from .workers import Workers
-
-AS_DISPLAYED = "as displayed (contrast limits)"
-WINDOWS = [AS_DISPLAYED, "auto (percentiles)", *(f"CT {name}" for name in CT_PRESETS), "MR percentiles"]
-UNTRAINED_TINY, CHECKPOINT = "tiny (untrained, for testing)", "checkpoint file…"
-
-
-def _model_choices() -> list[str]:
-    from ..model.catalog import MODEL_NAMES  # torch-free list of registry names
-
-    return [*MODEL_NAMES, UNTRAINED_TINY, CHECKPOINT]
 
 
 class IMedSAMWidget(QWidget):
@@ -60,6 +40,7 @@ class IMedSAMWidget(QWidget):
         self.prompter = BoxPrompter(self)
         self.volume = VolumeActions(self)
         self.tuner = FineTuner(self)
+        self.corrections = CorrectionActions(self)
         self._connected: set[int] = set()
         self._build_controls()
         actions.register(napari_viewer, self)
@@ -69,105 +50,34 @@ class IMedSAMWidget(QWidget):
             self.set_status(f"Model {self.state.model.model_id} ready. Draw a box on the image.")
 
     def _build_controls(self) -> None:
-        key = actions.shortcut
-        self.image_combo = create_widget(annotation=Image, label="image")
-        self.model_combo = ComboBox(label="model", choices=_model_choices())
-        self.checkpoint = FileEdit(label="checkpoint", filter="*.pth *.pt *.safetensors", visible=False)
-        self.device_combo = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"])
-        self.adapters = FileEdit(label="adapters", filter="*.safetensors", nullable=True, value=None)
-        self.load_button = PushButton(text="Load model")
-        self.window_combo = ComboBox(label="intensity", choices=WINDOWS)
-        self.show_uncertainty = CheckBox(text=f"Show uncertainty [{key('napari-imedsam:toggle_uncertainty')}]",
-                                         value=True)
-        self.propagate_button = PushButton(text=f"Propagate through volume [{key('napari-imedsam:propagate')}]")
-        self.cancel_button = PushButton(text="Cancel propagation", enabled=False)
-        self.next_button = PushButton(text=f"Next uncertain slice [{key('napari-imedsam:next_uncertain_slice')}]")
-        self.accept_button = PushButton(text=f"Accept slice [{key('napari-imedsam:accept_slice')}]")
-        self.undo_button = PushButton(text=f"Undo last result [{key('napari-imedsam:undo')}]")
-        self.workdir = FileEdit(label="work folder", mode="d", value=str(Path.home() / "imedsam"))
-        self.export_button = PushButton(text="Export accepted slices")
-        self.steps = SpinBox(label="training steps", value=200, min=10, max=20000, step=10)
-        self.finetune_button = PushButton(text="Fine-tune on accepted slices")
-        self.cancel_finetune_button = PushButton(text="Cancel fine-tuning", enabled=False)
-        self.progress = ProgressBar(label="progress", value=0, max=1, visible=False)
-        self.version_combo = ComboBox(label="adapter version", choices=["base"])
-        self.status = QLabel("Pick an image and a model, press Load model, then draw a box.")
-        self.status.setWordWrap(True)
-        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.status.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Minimum)
-        self.status.setMinimumHeight(4 * self.status.fontMetrics().lineSpacing())
-        self.controls = Container(widgets=[
-            self.image_combo, self.model_combo, self.checkpoint, self.device_combo, self.adapters, self.load_button,
-            self.window_combo, self.show_uncertainty, self.undo_button, self.accept_button, self.next_button,
-            self.propagate_button, self.cancel_button, Label(value="<b>Fine-tuning</b>"), self.workdir,
-            self.export_button, self.steps, self.finetune_button, self.cancel_finetune_button, self.progress,
-            self.version_combo,
-        ])
-        scroll = QScrollArea()  # the dock stays usable on a small screen
-        scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QFrame.Shape.NoFrame)
-        scroll.setWidget(self.controls.native)
-        layout = QVBoxLayout()
-        layout.addWidget(self.status)  # feedback first, always visible
-        layout.addWidget(scroll)
-        self.setLayout(layout)
+        controls.build(self)
         self.model_combo.changed.connect(lambda v: setattr(self.checkpoint, "visible", v == CHECKPOINT))
         self.load_button.clicked.connect(self.load_selected_model)
-        self.image_combo.changed.connect(self._image_changed)
+        self.image_combo.changed.connect(lambda _: models.image_changed(self))
         self.show_uncertainty.changed.connect(self._show_uncertainty)
         self.propagate_button.clicked.connect(self.propagate)
         self.cancel_button.clicked.connect(self.volume.cancel)
         self.next_button.clicked.connect(self.next_uncertain_slice)
         self.accept_button.clicked.connect(self.accept_slice)
         self.undo_button.clicked.connect(self.undo)
+        self.suggestion_button.clicked.connect(self.accept_suggestion)
+        self.all_suggestions_button.clicked.connect(self.accept_all_suggestions)
+        self.dismiss_button.clicked.connect(self.dismiss_suggestions)
         self.export_button.clicked.connect(self.tuner.export)
         self.finetune_button.clicked.connect(self.tuner.start)
         self.cancel_finetune_button.clicked.connect(self.tuner.cancel)
         self.version_combo.changed.connect(self.tuner.use_version)
-
     def reset_choices(self, event: Any = None) -> None:
         """napari calls this when layers change: refresh the image picker."""
         self.image_combo.reset_choices()
 
     # ---- model -----------------------------------------------------------------------------------
     def load_selected_model(self) -> None:
-        choice = self.model_combo.value
-        if choice == CHECKPOINT:
-            path = Path(str(self.checkpoint.value or ""))
-            if not str(self.checkpoint.value or "").strip() or path.is_dir():
-                self.error("choose a checkpoint file (.pth, .pt or .safetensors) first")
-                return
-        source = {UNTRAINED_TINY: "tiny", CHECKPOINT: str(self.checkpoint.value)}.get(choice, choice)
-        adapters = str(self.adapters.value) if self.adapters.value else None
-        self.set_status(f"Loading {source}…")
-        self.workers.run("load", _load_model, source, self.device_combo.value, adapters, on_result=self.set_model,
-                         progress={"total": 0, "desc": f"I-MedSAM: loading {source}"})
+        models.load_selected(self)
 
-    def set_model(self, loaded) -> None:
-        """Use an already loaded model (the Load button ends here too)."""
-        from ..inference.predictor import Predictor
-        from ..model.weights import trainable_state
-
-        self.state.model, self.state.predictor = loaded, Predictor(loaded)
-        self.state.versions = {"base": ({k: v.clone() for k, v in trainable_state(loaded.network).items()},
-                                        loaded.adapter_version)}
-        self.version_combo.choices = ["base"]
-        self._image_changed()
-        if not self.status_text().startswith("Error"):
-            self.set_status(f"Model {loaded.model_id} ready on {loaded.device}. Draw a box on "
-                            f"'{self.image_layer().name}'." if self.image_layer() is not None else
-                            f"Model {loaded.model_id} ready on {loaded.device}. Open an image, then draw a box.")
-
-    def _image_changed(self, _=None) -> None:
-        """A model and an image: create the I-MedSAM layers (ready to draw) and embed in the background."""
-        if self.state.predictor is None or self.image_layer() is None:
-            return
-        try:
-            self.session()
-        except (InputError, ValueError) as exc:
-            self.error(str(exc))
-            return
-        self._prefetch()
+    def set_model(self, loaded, corrector=None) -> None:
+        """Use an already loaded model, and optionally its Dual False Corrector (the Load button ends here)."""
+        models.use(self, loaded, corrector)
 
     # ---- layers and the session ------------------------------------------------------------------
     def image_layer(self) -> Image | None:
@@ -247,9 +157,12 @@ class IMedSAMWidget(QWidget):
         layers = self.layer_set()
         layers.write_maps(result.slice_index, *session.slice_maps(result.slice_index))
         self.labels_layer().refresh()
+        suggested = self.corrections.show(result.slice_index) if session.corrector is not None else 0
         if not quiet:
+            hint = ("Suggestions: red = remove, green = add; accept or dismiss them, or " if suggested
+                    else "")
             self.set_status(f"{report.summary()} Mean uncertainty {result.mean_uncertainty:.3f}. "
-                            "Correct with the label tools, then Accept slice.")
+                            f"{hint}Correct with the label tools, then Accept slice.")
 
     # ---- actions (buttons and keys) ---------------------------------------------------------------
     def _show_uncertainty(self, visible: bool) -> None:
@@ -290,8 +203,18 @@ class IMedSAMWidget(QWidget):
                                        layers.corners_of)
         for z in {patch.slice_index for patch in patches}:
             layers.write_maps(z, *session.slice_maps(z))
+            self.corrections.show(z)
         self.labels_layer().refresh()
         self.set_status(f"Undone: {len(patches)} result(s) of object {patches[0].key[1]}.")
+
+    def accept_suggestion(self) -> None:
+        self.corrections.accept_under_cursor()
+
+    def accept_all_suggestions(self) -> None:
+        self.corrections.accept_all()
+
+    def dismiss_suggestions(self) -> None:
+        self.corrections.dismiss()
 
     def propagate(self) -> None:
         self.volume.propagate()
@@ -365,15 +288,3 @@ class IMedSAMWidget(QWidget):
         self.workers.shutdown()
         actions.unregister(self.viewer, self)
         state.forget(self.viewer)
-
-
-def _load_model(source: str, device: str, adapters: str | None):
-    """Worker: import the model code (after the triton guard) and load the weights."""
-    import warnings
-
-    guard_triton()
-    from ..model.registry import load_model
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return load_model(source, device=device, adapters=adapters)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 class ViewerState:
     model: LoadedModel | None = None
     predictor: Any = None
+    corrector: Any = None  # the model's Dual False Corrector, when it has one
     versions: dict[str, tuple[dict, str]] = field(default_factory=dict)  # name -> (trainable tensors, id)
     sessions: dict[tuple, AnnotationSession] = field(default_factory=dict)
     edited: dict[int, np.ndarray] = field(default_factory=dict)  # labels layer id -> user-edit mask
@@ -66,4 +67,5 @@ def session_for(state: ViewerState, image, labels, axis: int | None, window, rgb
     else:
         session.set_window(window)
     session.predictor = state.predictor
+    session.corrector = state.corrector
     return session

@@ -87,3 +87,9 @@ def press_key(viewer, key: str) -> None:
                       "Ctrl": Qt.KeyboardModifier.ControlModifier, "Alt": Qt.KeyboardModifier.AltModifier}[part]
     QTest.keyClick(widget, getattr(Qt.Key, f"Key_{parts[-1].upper()}"), modifiers)
     QApplication.processEvents()
+
+
+def move_mouse(viewer, point: QPoint) -> None:
+    """Hover the canvas at `point` (napari updates the cursor position)."""
+    widget = canvas_widget(viewer)
+    _send(widget, QEvent.Type.MouseMove, point, Qt.MouseButton.NoButton, Qt.MouseButton.NoButton)

@@ -1,0 +1,76 @@
+"""Loading a model in the dock: the choice -> a worker that imports the model code (after the triton
+guard) and loads weights and corrector -> the dock's model, with its layers ready to draw on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .._lazy_imports import guard_triton
+from ..errors import InputError
+from .controls import CHECKPOINT, UNTRAINED_TINY
+
+if TYPE_CHECKING:
+    from .dock import IMedSAMWidget
+
+
+def load_selected(self: IMedSAMWidget) -> None:
+    """The Load button: load the chosen model (and corrector) in a worker."""
+    choice = self.model_combo.value
+    if choice == CHECKPOINT:
+        path = Path(str(self.checkpoint.value or ""))
+        if not str(self.checkpoint.value or "").strip() or path.is_dir():
+            self.error("choose a checkpoint file (.pth, .pt or .safetensors) first")
+            return
+    source = {UNTRAINED_TINY: "tiny", CHECKPOINT: str(self.checkpoint.value)}.get(choice, choice)
+    adapters = str(self.adapters.value) if self.adapters.value else None
+    corrector = str(self.corrector_file.value) if self.corrector_file.value else None
+    self.set_status(f"Loading {source}…")
+    self.workers.run("load", load_in_worker, source, self.device_combo.value, adapters, corrector,
+                     on_result=lambda loaded: use(self, *loaded),
+                     progress={"total": 0, "desc": f"I-MedSAM: loading {source}"})
+
+
+def use(self: IMedSAMWidget, loaded, corrector=None) -> None:
+    """Make a loaded model (and corrector) the dock's model: versions reset, layers ready, slices embedding."""
+    from ..inference.predictor import Predictor
+    from ..model.weights import trainable_state
+
+    self.state.model, self.state.predictor, self.state.corrector = loaded, Predictor(loaded), corrector
+    self.state.versions = {"base": ({k: v.clone() for k, v in trainable_state(loaded.network).items()},
+                                    loaded.adapter_version)}
+    self.version_combo.choices = ["base"]
+    image_changed(self)
+    if not self.status_text().startswith("Error"):
+        self.set_status(f"Model {loaded.model_id} ready on {loaded.device}. Draw a box on "
+                        f"'{self.image_layer().name}'." if self.image_layer() is not None else
+                        f"Model {loaded.model_id} ready on {loaded.device}. Open an image, then draw a box.")
+
+
+def image_changed(self: IMedSAMWidget) -> None:
+    """A model and an image: create the I-MedSAM layers (ready to draw) and embed in the background."""
+    if self.state.predictor is None or self.image_layer() is None:
+        return
+    try:
+        self.session()
+    except (InputError, ValueError) as exc:
+        self.error(str(exc))
+        return
+    self._prefetch()
+
+
+def load_in_worker(source: str, device: str, adapters: str | None, corrector: str | None):
+    """Worker: import the model code (after the triton guard), load the weights and the corrector
+    (the file given, else the one bundled for this model). Returns (model, corrector or None)."""
+    import warnings
+
+    guard_triton()
+    from ..model.corrector import bundled_corrector, load_corrector
+    from ..model.registry import load_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = load_model(source, device=device, adapters=adapters)
+    if corrector is not None:
+        return loaded, load_corrector(corrector, base_sha256=loaded.weights_sha256)
+    return loaded, bundled_corrector(source, loaded.weights_sha256)

@@ -1,0 +1,62 @@
+"""The corrector's suggestions in the dock: shown as red (remove) / green (add) regions, accepted under
+the mouse cursor with a key, all at once, or dismissed; accepted ones are the user's edits and undo."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_imedsam.inference.boxes import box_of_mask
+from napari_imedsam.model.corrector import CorrectorConfig, DualFalseCorrector
+from napari_imedsam.widgets.corrections import SUGGESTIONS
+
+from .conftest import open_image
+from .test_journey_2d import draw, thorax
+from .user import canvas_widget, move_mouse, press_key, to_canvas
+
+pytestmark = pytest.mark.gui
+
+
+def eager_corrector() -> DualFalseCorrector:
+    """A corrector that flips every suspicious pixel: deterministic suggestions on any image."""
+    corrector = DualFalseCorrector(CorrectorConfig(size=64)).eval()
+    with torch.no_grad():
+        for head in (corrector.fp_head, corrector.fn_head):
+            head.weight.zero_()
+            head.bias.fill_(10.0)
+    return corrector
+
+
+def test_suggestions_accept_under_cursor_all_dismiss_and_undo(docked):
+    viewer, dock = docked
+    dock.set_model(dock.state.model, eager_corrector())
+    image, boxes, labels, truth, names = thorax(viewer, dock)
+    heart = truth == names["heart_ventricle_left_000"]
+    label = draw(viewer, dock, image, heart)
+    layer = viewer.layers[SUGGESTIONS]
+    shown = layer.data.copy()
+    assert (shown == 1).any() and (shown == 2).any(), "suggestions drawn as remove (1) and add (2)"
+    assert "Suggestions: red = remove, green = add" in dock.status_text()
+    order = [lay.name for lay in viewer.layers]
+    assert order.index(SUGGESTIONS) > order.index("I-MedSAM labels")
+
+    rows, cols = np.nonzero(shown == 2)  # point at an "add" region and press the key
+    target = (rows[len(rows) // 2], cols[len(cols) // 2])
+    move_mouse(viewer, to_canvas(viewer, image, target))
+    before = labels.data.copy()
+    press_key(viewer, "Shift-S")
+    added = (labels.data == label) & (before != label)
+    assert added[target] and "added to object" in dock.status_text()
+    assert dock.session().user_edited[added].all()
+    assert layer.data[target] == 0  # the accepted region is no longer suggested
+
+    dock.undo()  # one undo step takes it back
+    np.testing.assert_array_equal(labels.data, before)
+
+    dock.all_suggestions_button.clicked()
+    assert not layer.data.any() and "accepted" in dock.status_text()
+    draw(viewer, dock, image, truth == names["aorta_000"])
+    assert layer.data.any()
+    press_key(viewer, "Shift-X")
+    assert not layer.data.any() and "dismissed" in dock.status_text()
