@@ -7,13 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from napari_imedsam.inference.boxes import box_of_mask
 from napari_imedsam.model.corrector import CorrectorConfig, DualFalseCorrector
 from napari_imedsam.widgets.corrections import SUGGESTIONS
 
-from .conftest import open_image
 from .test_journey_2d import draw, thorax
-from .user import canvas_widget, move_mouse, press_key, to_canvas
+from .user import move_mouse, press_key, to_canvas
 
 pytestmark = pytest.mark.gui
 
