@@ -149,3 +149,22 @@ def test_predictive_uncertainty_is_the_ensemble_bernoulli_variance():
     assert (predictive >= epistemic - 1e-7).all()
     with pytest.raises(ValueError, match="uncertainty must be one of"):
         DecoderConfig(uncertainty="entropy")
+
+
+def test_clicks_change_the_mask_and_grow_the_box_without_re_encoding():
+    from napari_imedsam.inference.boxes import box_with_clicks
+
+    box = np.array([10.0, 10.0, 20.0, 20.0])
+    grown = box_with_clicks(box, np.array([[30.0, 5.0, 1.0], [0.0, 0.0, 0.0]]), (64, 64))
+    np.testing.assert_allclose(grown, [10.0, 2.0, 33.0, 20.0])  # the positive click, not the negative one
+    np.testing.assert_allclose(box_with_clicks(box, None, (64, 64)), box)
+
+    predictor = Predictor(untrained())
+    image = np.random.default_rng(0).random((48, 48)).astype(np.float32)
+    plain = predictor.predict(image, [8, 8, 30, 30], slice_index=0)
+    misses = predictor.cache.misses
+    clicked = predictor.predict(image, [8, 8, 30, 30], slice_index=0, points=np.array([[20.0, 20.0, 0.0]]))
+    assert predictor.cache.misses == misses
+    assert not np.allclose(plain.refined_prob, clicked.refined_prob)
+    with pytest.raises(InputError, match="finite"):
+        predictor.predict(image, [8, 8, 30, 30], points=np.array([[np.nan, 1.0, 1.0]]))

@@ -75,3 +75,22 @@ def region_around_box(box_xyxy: np.ndarray, shape_hw: tuple[int, int], margin: f
                       ) -> tuple[int, int, int, int]:
     """The decoder's domain at inference and in training: the box plus `margin` (at least 3 px)."""
     return expand_box(box_xyxy, shape_hw, margin, 3.0)
+
+
+def box_with_clicks(box_xyxy: np.ndarray, points: np.ndarray | None, shape: tuple[int, int],
+                    pad: float = 3.0) -> np.ndarray:
+    """Grow a box to take in its positive clicks (x, y, positive rows) plus `pad` pixels: a click
+    outside the box says the object goes on there. Negative clicks never change the box."""
+    box = np.asarray(box_xyxy, dtype=np.float64).copy()
+    if points is None or not len(points):
+        return box
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    if not np.isfinite(points).all():
+        raise InputError("click positions must be finite numbers")
+    positive = points[points[:, 2] > 0, :2]
+    if not len(positive):
+        return box
+    height, width = shape
+    box[:2] = np.minimum(box[:2], positive.min(axis=0) - pad)
+    box[2:] = np.maximum(box[2:], positive.max(axis=0) + pad)
+    return np.clip(box, 0, [width - 1, height - 1, width - 1, height - 1])

@@ -16,6 +16,7 @@ from torch.nn import functional as F
 from ..model.imedsam import BoxPrompt, IMedSAM
 from ..model.inr import CoarseOutput, refine_count
 from ..model.registry import LoadedModel
+from .boxes import box_with_clicks
 from .preprocess import (
     UNIT,
     Geometry,
@@ -108,6 +109,21 @@ class EmbeddingCache:
         return len(self._items)
 
 
+def click_prompts(points: np.ndarray | None, geometry: Geometry, device: torch.device
+                  ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(N, 3) clicks (x, y, positive) in image pixels -> SAM's (coords (1, N, 2) in encoder-input pixels,
+    labels (1, N): 1 positive, 0 negative)."""
+    if points is None or len(points) == 0:
+        return None
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    if not np.isfinite(points).all():
+        raise InputError("click positions must be finite numbers")
+    xy = np.stack([geometry.box_to_input(np.array([x, y, x, y]))[:2] for x, y in points[:, :2]])
+    coords = torch.as_tensor(xy, dtype=torch.float32, device=device)[None]
+    labels = torch.as_tensor(points[:, 2] > 0, dtype=torch.int64, device=device)[None]
+    return coords, labels
+
+
 def content_digest(image: np.ndarray) -> str:
     """A fast fingerprint of a slice's pixels, shape and dtype."""
     data = np.ascontiguousarray(image)
@@ -170,20 +186,22 @@ class Predictor:
     # ---- prediction -------------------------------------------------------------------------
     def predict(self, image: np.ndarray, box_xyxy, *, window: IntensityWindow | None = None,
                 output_size: tuple[int, int] | None = None, slice_index: int | None = None,
-                dense: bool = False) -> Prediction:
-        """Segment the object in `box_xyxy` (x0, y0, x1, y1 in image pixels) of a 2D slice."""
+                dense: bool = False, points: np.ndarray | None = None) -> Prediction:
+        """Segment the object in `box_xyxy` (x0, y0, x1, y1 in image pixels) of a 2D slice; `points`
+        (N, 3) rows of (x, y, positive) add click prompts (they never re-run the encoder)."""
         image = as_2d_image(image)
-        box = validate_box(box_xyxy, image.shape[:2])
+        box = box_with_clicks(validate_box(box_xyxy, image.shape[:2]), points, image.shape[:2])
         if not box_has_contrast(image, box, window):
             warnings.warn(f"the image has no contrast in the box {np.round(box).astype(int).tolist()} (constant, "
                           "or no finite values, after the intensity window): the mask is meaningless", stacklevel=2)
         if self.zoom:
-            return self._predict_zoomed(image, box, window, output_size, slice_index, dense)
+            return self._predict_zoomed(image, box, window, output_size, slice_index, dense, points)
         embedding = self.embed(image, window, slice_index)
-        return self.predict_embedding(embedding, box, output_size=output_size, dense=dense)
+        return self.predict_embedding(embedding, box, output_size=output_size, dense=dense, points=points)
 
     def _predict_zoomed(self, image: np.ndarray, box: np.ndarray, window: IntensityWindow | None,
-                        output_size: tuple[int, int] | None, slice_index: int | None, dense: bool) -> Prediction:
+                        output_size: tuple[int, int] | None, slice_index: int | None, dense: bool,
+                        points: np.ndarray | None = None) -> Prediction:
         """Normalise the whole slice, encode only the box region, decode there, paste back."""
         height, width = image.shape[:2]
         out_h, out_w = output_size or (height, width)
@@ -194,8 +212,10 @@ class Predictor:
         o_r1 = max(o_r0 + 1, min(out_h, int(round(r1 * sy))))
         o_c1 = max(o_c0 + 1, min(out_w, int(round(c1 * sx))))
         embedding = self.embed(crop, UNIT, slice_index)
+        if points is not None:
+            points = np.asarray(points, float) - np.array([c0, r0, 0.0])
         local = self.predict_embedding(embedding, box - np.array([c0, r0, c0, r0]), dense=dense,
-                                       output_size=(o_r1 - o_r0, o_c1 - o_c0))
+                                       output_size=(o_r1 - o_r0, o_c1 - o_c0), points=points)
         maps = {}
         for name in ("coarse_prob", "uncertainty", "refined_prob"):
             full = np.zeros((out_h, out_w), np.float32)
@@ -206,14 +226,15 @@ class Predictor:
                           roi=(lr0 + o_r0, lr1 + o_r0, lc0 + o_c0, lc1 + o_c0),
                           n_coarse_exact=local.n_coarse_exact, n_refined=local.n_refined, **maps)
 
-    def prompt(self, embedding: Embedding, box_xyxy: np.ndarray) -> BoxPrompt:
+    def prompt(self, embedding: Embedding, box_xyxy: np.ndarray, points: np.ndarray | None = None) -> BoxPrompt:
         geometry = embedding.geometry
         box_input = torch.as_tensor(geometry.box_to_input(box_xyxy), dtype=torch.float32, device=self.device)
         extent = torch.tensor(geometry.extent, dtype=torch.float32, device=self.device)
-        return self.network.prompt(embedding.tensor, box_input.view(1, 4), extent)
+        return self.network.prompt(embedding.tensor, box_input.view(1, 4), extent,
+                                   points=click_prompts(points, geometry, self.device))
 
     def predict_embedding(self, embedding: Embedding, box_xyxy, *, output_size: tuple[int, int] | None = None,
-                          dense: bool = False) -> Prediction:
+                          dense: bool = False, points: np.ndarray | None = None) -> Prediction:
         geometry = embedding.geometry
         box = validate_box(box_xyxy, (geometry.height, geometry.width))
         out_h, out_w = output_size or (geometry.height, geometry.width)
@@ -223,7 +244,7 @@ class Predictor:
         roi = region_around_box(box_out, (out_h, out_w), self.margin)
         budget = refine_count((roi[1] - roi[0]) * (roi[3] - roi[2]), self.network.config.decoder.refine_fraction)
         with torch.inference_mode():
-            prompt = self.prompt(embedding, box)
+            prompt = self.prompt(embedding, box, points)
             if dense:
                 maps = self._decode_dense(prompt, (out_h, out_w), budget)
             else:

@@ -38,6 +38,7 @@ class ObjectResult:
     # The corrector's suggestions inside `roi` (region ids, 0 = none), when the model has a corrector.
     remove: np.ndarray | None = None
     add: np.ndarray | None = None
+    clicks: tuple[int, ...] = ()  # ids of the click prompts this result used (the widget's bookkeeping)
 
     @classmethod
     def from_prediction(cls, slice_index: int | None, label: int, prediction: Prediction,
@@ -103,6 +104,7 @@ class LabelPatch:
     group: int  # patches of one action (a propagation run) share a group and are undone together
     changed: np.ndarray | None = None  # a user-side edit (an accepted suggestion): the pixels it set
     edited_before: np.ndarray | None = None  # and the user-edit flags before it, in `region`
+    undone: ObjectResult | None = None  # set by `undo`: the result that was taken back
 
 
 class AnnotationSession:
@@ -199,13 +201,16 @@ class AnnotationSession:
         return self.predictor
 
     # ---- one box --------------------------------------------------------------------------------
-    def predict(self, slice_index: int | None, box_xyxy, label: int) -> ObjectResult:
-        """Run the model for a box; does not touch the labels (safe in a worker thread)."""
+    def predict(self, slice_index: int | None, box_xyxy, label: int, points: np.ndarray | None = None
+                ) -> ObjectResult:
+        """Run the model for a box (and clicks: (N, 3) rows of x, y, positive); does not touch the labels
+        (safe in a worker thread)."""
         if label < 1:
             raise InputError(f"label value must be 1 or more, got {label}")
         z = self.check_slice(slice_index)
         image = self.slice_image(z)
-        prediction = self._require_predictor().predict(image, box_xyxy, window=self.window, slice_index=z)
+        prediction = self._require_predictor().predict(image, box_xyxy, window=self.window, slice_index=z,
+                                                       points=points)
         suggestions = None
         if self.corrector is not None:
             from .correction import suggest
@@ -295,6 +300,7 @@ class AnnotationSession:
         undone = []
         while self.undo_stack and self.undo_stack[-1].group == group:
             patch = self.undo_stack.pop()
+            patch.undone = self.results.get(patch.key)
             labels = self.slice_labels(patch.slice_index)
             edited = self.slice_edited(patch.slice_index)[patch.region]
             target = labels[patch.region]

@@ -94,13 +94,15 @@ class IMedSAM(nn.Module):
         return self.image_encoder((images - self.pixel_mean) / self.pixel_std)
 
     # ---- prompt path --------------------------------------------------------------------
-    def prompt(self, embedding: torch.Tensor, boxes: torch.Tensor, extent: torch.Tensor) -> BoxPrompt:
+    def prompt(self, embedding: torch.Tensor, boxes: torch.Tensor, extent: torch.Tensor,
+               points: tuple[torch.Tensor, torch.Tensor] | None = None) -> BoxPrompt:
         """Run SAM's prompt encoder and two-way transformer for boxes on one embedding.
 
         embedding (1, C, g, g) or (B, C, g, g); boxes (B, 4) xyxy in encoder-input pixels;
         extent (2,) or (B, 2): the fraction of the padded square the image covers.
         """
-        sparse, dense = self.prompt_encoder(points=None, boxes=boxes, masks=None)
+        # points: (coords (B, N, 2) in encoder-input pixels, labels (B, N) 1 = positive / 0 = negative)
+        sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=None)
         decoder = self.mask_decoder
         tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
         tokens = torch.cat([tokens.unsqueeze(0).expand(sparse.shape[0], -1, -1), sparse], dim=1)

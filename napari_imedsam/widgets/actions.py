@@ -28,6 +28,11 @@ ACTIONS: dict[str, tuple[str, str, str]] = {
                                               "accept_all_suggestions"),
     "napari-imedsam:dismiss_suggestions": ("Shift-X", "I-MedSAM: dismiss the suggestions on the slice",
                                            "dismiss_suggestions"),
+    "napari-imedsam:positive_clicks": ("Shift-C", "I-MedSAM: click where the mask misses the object",
+                                       "positive_clicks"),
+    "napari-imedsam:negative_clicks": ("Shift-E", "I-MedSAM: click where the mask covers too much",
+                                       "negative_clicks"),
+    "napari-imedsam:draw_boxes": ("Shift-B", "I-MedSAM: back to drawing boxes", "draw_boxes"),
 }
 _DOCKS: dict[int, object] = {}  # viewer id -> the dock that handles its keys
 

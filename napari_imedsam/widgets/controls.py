@@ -56,6 +56,9 @@ def build(self: IMedSAMWidget) -> None:
     self.next_button = PushButton(text=f"Next uncertain slice [{key('napari-imedsam:next_uncertain_slice')}]")
     self.accept_button = PushButton(text=f"Accept slice [{key('napari-imedsam:accept_slice')}]")
     self.undo_button = PushButton(text=f"Undo last result [{key('napari-imedsam:undo')}]")
+    self.positive_button = PushButton(text=f"+ clicks [{key('napari-imedsam:positive_clicks')}]")
+    self.negative_button = PushButton(text=f"- clicks [{key('napari-imedsam:negative_clicks')}]")
+    self.boxes_button = PushButton(text=f"boxes [{key('napari-imedsam:draw_boxes')}]")
     self.suggestion_button = PushButton(
         text=f"Accept suggestion under cursor [{key('napari-imedsam:accept_suggestion')}]")
     self.all_suggestions_button = PushButton(
@@ -75,7 +78,10 @@ def build(self: IMedSAMWidget) -> None:
     self.status.setMinimumHeight(4 * self.status.fontMetrics().lineSpacing())
     self.controls = Container(widgets=[
         self.image_combo, self.model_combo, self.checkpoint, self.device_combo, self.adapters, self.corrector_file,
-        self.load_button, self.window_combo, self.show_uncertainty, self.undo_button, self.suggestion_button,
+        self.load_button, self.window_combo, self.show_uncertainty,
+        Container(widgets=[self.positive_button, self.negative_button, self.boxes_button], layout="horizontal",
+                  labels=False),
+        self.undo_button, self.suggestion_button,
         self.all_suggestions_button, self.dismiss_button, self.accept_button, self.next_button,
         self.propagate_button, self.cancel_button, Label(value="<b>Fine-tuning</b>"), self.workdir,
         self.export_button, self.steps, self.finetune_button, self.cancel_finetune_button, self.progress,

@@ -17,6 +17,7 @@ from .._lazy_imports import guard_triton
 from ..errors import InputError
 from ..inference.windows import CT_PRESETS, MR_PERCENTILES, IntensityWindow
 from . import actions, controls, models, state
+from .clicks import ClickActions
 from .controls import AS_DISPLAYED, CHECKPOINT
 from .corrections import CorrectionActions
 from .finetune import FineTuner
@@ -41,6 +42,7 @@ class IMedSAMWidget(QWidget):
         self.volume = VolumeActions(self)
         self.tuner = FineTuner(self)
         self.corrections = CorrectionActions(self)
+        self.clicks = ClickActions(self)
         self._connected: set[int] = set()
         self._build_controls()
         actions.register(napari_viewer, self)
@@ -60,6 +62,9 @@ class IMedSAMWidget(QWidget):
         self.next_button.clicked.connect(self.next_uncertain_slice)
         self.accept_button.clicked.connect(self.accept_slice)
         self.undo_button.clicked.connect(self.undo)
+        self.positive_button.clicked.connect(self.positive_clicks)
+        self.negative_button.clicked.connect(self.negative_clicks)
+        self.boxes_button.clicked.connect(self.draw_boxes)
         self.suggestion_button.clicked.connect(self.accept_suggestion)
         self.all_suggestions_button.clicked.connect(self.accept_all_suggestions)
         self.dismiss_button.clicked.connect(self.dismiss_suggestions)
@@ -201,11 +206,22 @@ class IMedSAMWidget(QWidget):
             if box_slice is not None and layers.box_of(box_slice[1])[0] == patch.slice_index:
                 self.prompter.sync_box(label, patch.slice_index, None if previous is None else previous.box_xyxy,
                                        layers.corners_of)
+            if patch.undone is not None:  # the clicks that made the undone result go with it
+                self.clicks.forget(set(patch.undone.clicks) - set(() if previous is None else previous.clicks))
         for z in {patch.slice_index for patch in patches}:
             layers.write_maps(z, *session.slice_maps(z))
             self.corrections.show(z)
         self.labels_layer().refresh()
         self.set_status(f"Undone: {len(patches)} result(s) of object {patches[0].key[1]}.")
+
+    def positive_clicks(self) -> None:
+        self.clicks.start(positive=True)
+
+    def negative_clicks(self) -> None:
+        self.clicks.start(positive=False)
+
+    def draw_boxes(self) -> None:
+        self.clicks.to_boxes()
 
     def accept_suggestion(self) -> None:
         self.corrections.accept_under_cursor()

@@ -29,6 +29,7 @@ class BoxPrompter:
     def __init__(self, dock: IMedSAMWidget) -> None:
         self.dock = dock
         self.pending: list[int] = []  # object numbers waiting for a prediction, oldest first
+        self.click_slices: dict[int, int | None] = {}  # object -> slice of its latest click (a click-driven run)
         self.syncing = False  # True while the dock itself edits the boxes (undo): no re-prompt
         self.timer = QTimer(dock)
         self.timer.setSingleShot(True)
@@ -48,10 +49,7 @@ class BoxPrompter:
             index = int(index) + (len(boxes.data) if int(index) < 0 else 0)
             if 0 <= index < len(boxes.data):
                 label = self.object_number(boxes, index)
-                if label in self.pending:
-                    self.pending.remove(label)
-                self.pending.append(label)
-        self.timer.start()
+                self.queue(label, clicked=False)
 
     def object_number(self, boxes, index: int) -> int:
         """The object number of shape `index`, assigning the next free one to a new shape."""
@@ -80,6 +78,34 @@ class BoxPrompter:
         index = int(hits[-1])
         return index, np.asarray(boxes.data[index]), str(boxes.shape_type[index])
 
+    def queue(self, label: int, slice_index: int | None = None, clicked: bool = True) -> None:
+        """Predict object `label` again (after a click on `slice_index`, the displayed slice by default)."""
+        if clicked:
+            self.click_slices[label] = self.dock.layer_set().current_slice() if slice_index is None else slice_index
+        if label in self.pending:
+            self.pending.remove(label)
+        self.pending.append(label)
+        self.timer.start()
+
+    def _prompt_of(self, label: int) -> tuple[int | None, np.ndarray, str]:
+        """(slice, box, shape kind) to predict `label` with: its box, or after a click on another slice,
+        the bounding box of its mask there."""
+        layers = self.dock.layer_set()
+        found = self.shape_of(label)
+        box_slice, box, kind = None, None, "rectangle"
+        if found is not None:
+            box_slice, box = layers.box_of(found[1])
+            kind = found[2]
+        clicked = self.click_slices.pop(label, box_slice if found is not None else None)
+        if found is not None and clicked == box_slice:
+            return box_slice, box, kind
+        mask = self.dock.session().slice_labels(clicked) == label
+        if not mask.any():
+            raise InputError(f"object {label} has no box and no mask on this slice: draw a box for it first")
+        from ..inference.boxes import box_of_mask
+
+        return clicked, box_of_mask(mask) + np.array([-2.0, -2.0, 2.0, 2.0]), "rectangle"
+
     # ---- predictions -------------------------------------------------------------------------------
     def run_next(self) -> None:
         """Start a prediction for the oldest queued object, unless one is running."""
@@ -87,14 +113,13 @@ class BoxPrompter:
         if dock.workers.is_busy("box") or not self.pending:
             return
         label = self.pending.pop(0)
-        found = self.shape_of(label)
-        if found is None:
-            self.run_next()
+        if self.shape_of(label) is None and label not in self.click_slices:
+            self.run_next()  # its box was deleted
             return
-        index, vertices, kind = found
         try:
             session = dock.session()
-            slice_index, box = dock.layer_set().box_of(vertices)
+            slice_index, box, kind = self._prompt_of(label)
+            points, click_ids = dock.clicks.clicks_for(label, slice_index)
             if kind != "rectangle" and label not in self._noted:
                 self._noted.add(label)
                 show_info(f"object {label}: the {kind} on '{dock.boxes_layer().name}' is used as its bounding box")
@@ -106,8 +131,13 @@ class BoxPrompter:
             self.run_next()
             return
         dock.set_status(f"Segmenting object {label}…")
-        dock.workers.run("box", session.predict, slice_index, box, label, on_result=dock.show_result,
-                         on_done=self._after, on_error=self._failed)
+
+        def predict():
+            result = session.predict(slice_index, box, label, points)
+            result.clicks = click_ids
+            return result
+
+        dock.workers.run("box", predict, on_result=dock.show_result, on_done=self._after, on_error=self._failed)
 
     def _failed(self, message: str) -> None:
         self.dock.error(message)

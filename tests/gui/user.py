@@ -93,3 +93,13 @@ def move_mouse(viewer, point: QPoint) -> None:
     """Hover the canvas at `point` (napari updates the cursor position)."""
     widget = canvas_widget(viewer)
     _send(widget, QEvent.Type.MouseMove, point, Qt.MouseButton.NoButton, Qt.MouseButton.NoButton)
+
+
+def click(viewer, layer, point_rc, modifiers=Qt.KeyboardModifier.NoModifier) -> None:
+    """A left click at a (row, col) point in `layer`'s data coordinates."""
+    widget = canvas_widget(viewer)
+    left, none = Qt.MouseButton.LeftButton, Qt.MouseButton.NoButton
+    pos = to_canvas(viewer, layer, point_rc)
+    _send(widget, QEvent.Type.MouseMove, pos, none, none, modifiers)
+    _send(widget, QEvent.Type.MouseButtonPress, pos, left, left, modifiers)
+    _send(widget, QEvent.Type.MouseButtonRelease, pos, left, none, modifiers)

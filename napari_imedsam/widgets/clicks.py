@@ -1,0 +1,121 @@
+"""Click prompts: positive and negative points on the `I-MedSAM points` layer, per object.
+
+A click belongs to the object selected in the labels layer (the last box's, by default) and re-runs
+that object on the clicked slice with its box and all its clicks there: only the prompt path and the
+decoders run, never the encoder. Shift-C switches to positive clicks, Shift-E to negative ones,
+Shift-B back to drawing boxes. Undo takes back the result and the click that caused it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from napari.layers import Points
+
+if TYPE_CHECKING:
+    from .dock import IMedSAMWidget
+
+POINTS = "I-MedSAM points"
+POSITIVE, NEGATIVE = "lime", "red"
+
+
+class ClickActions:
+    def __init__(self, dock: IMedSAMWidget) -> None:
+        self.dock = dock
+        self.positive = True
+        self._next_id = 1
+        self._connected: set[int] = set()
+
+    def layer(self) -> Points | None:
+        viewer = self.dock.viewer
+        return viewer.layers[POINTS] if POINTS in viewer.layers else None
+
+    def _ensure(self) -> Points:
+        from .state import identity
+
+        layer = self.layer()
+        if layer is None:
+            layers = self.dock.layer_set()
+            n = len(layers.shape)
+            layer = Points(np.zeros((0, n)), ndim=n, name=POINTS, size=7, border_color="white", border_width=0.1,
+                           features={"label": np.zeros(0, int), "positive": np.zeros(0, bool),
+                                     "click": np.zeros(0, int)},
+                           scale=layers.image.scale[-n:], translate=layers.image.translate[-n:])
+            self.dock.viewer.add_layer(layer)
+            layer = self.layer()
+        if identity(layer) not in self._connected:
+            self._connected.add(identity(layer))
+            layer.events.data.connect(self.on_data)
+        return layer
+
+    def start(self, positive: bool) -> None:
+        """Switch to clicking: the points layer in add mode, the next clicks positive or negative."""
+        try:
+            self.dock.session()
+            layer = self._ensure()
+        except ValueError as exc:
+            self.dock.error(str(exc))
+            return
+        self.positive = positive
+        layer.current_face_color = POSITIVE if positive else NEGATIVE
+        layer.feature_defaults = {"label": 0, "positive": positive, "click": 0}
+        self.dock.viewer.layers.selection.active = layer
+        layer.mode = "add"
+        label = int(self.dock.labels_layer().selected_label)
+        self.dock.set_status(f"{'Positive' if positive else 'Negative'} clicks for object {label}: click where the "
+                             f"mask {'misses the object' if positive else 'covers too much'} "
+                             "(Shift-C positive, Shift-E negative, Shift-B back to boxes).")
+
+    def to_boxes(self) -> None:
+        boxes = self.dock.boxes_layer()
+        if boxes is not None:
+            self.dock.viewer.layers.selection.active = boxes
+            boxes.mode = "add_rectangle"
+            self.dock.set_status("Drawing boxes: every box is a new object.")
+
+    def on_data(self, event) -> None:
+        """A click was added: give it its object and sign, and queue that object."""
+        if str(getattr(event, "action", "")) != "added":
+            return
+        layer = self.layer()
+        features = layer.features
+        label = int(self.dock.labels_layer().selected_label)
+        for index in event.data_indices:
+            index = int(index) + (len(layer.data) if int(index) < 0 else 0)
+            if 0 <= index < len(layer.data) and int(features["click"].iloc[index]) == 0:
+                features.loc[index, ["label", "positive", "click"]] = [label, self.positive, self._next_id]
+                self._next_id += 1
+        layer.features = features
+        self.dock.prompter.queue(label)
+
+    def clicks_for(self, label: int, slice_index: int | None) -> tuple[np.ndarray | None, tuple[int, ...]]:
+        """The object's clicks on a slice as (N, 3) rows of (x, y, positive), and their ids."""
+        layer = self.layer()
+        if layer is None or not len(layer.data):
+            return None, ()
+        features = layer.features
+        layers = self.dock.layer_set()
+        rows, ids = [], []
+        for vertex, (lab, positive, click) in zip(np.asarray(layer.data),
+                                                  features[["label", "positive", "click"]].to_numpy()):
+            point_slice, (x, y, _, _) = layers.box_of(np.asarray(vertex)[None])
+            if int(lab) == label and point_slice == slice_index:
+                rows.append((x, y, 1.0 if positive else 0.0))
+                ids.append(int(click))
+        return (np.asarray(rows) if rows else None), tuple(ids)
+
+    def forget(self, click_ids: set[int]) -> None:
+        """Remove clicks (their result was undone)."""
+        layer = self.layer()
+        if layer is None or not click_ids:
+            return
+        keep = ~np.isin(layer.features["click"].to_numpy(), list(click_ids))
+        if keep.all():
+            return
+        self.dock.prompter.syncing = True
+        try:
+            layer.selected_data = set(np.nonzero(~keep)[0].tolist())
+            layer.remove_selected()
+        finally:
+            self.dock.prompter.syncing = False

@@ -1,0 +1,61 @@
+"""Click prompts the way a person uses them: a loose box gives a poor mask, Shift-C and a click where
+the mask misses the object, Shift-E and a click where it covers too much; Undo takes back the last
+click with its result; Shift-B returns to boxes and the next box is a new object."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_imedsam.evaluation import next_click
+from napari_imedsam.inference.boxes import box_of_mask
+from napari_imedsam.widgets.clicks import POINTS
+
+from .conftest import dice
+from .test_journey_2d import draw, thorax
+from .user import click, press_key
+
+pytestmark = pytest.mark.gui
+
+
+def test_clicks_correct_an_object_without_re_encoding(docked):
+    viewer, dock = docked
+    image, boxes, labels, truth, names = thorax(viewer, dock)
+    target = truth == names["heart_ventricle_left_000"]
+    # a loose box: the mask spills into the neighbours
+    x0, y0, x1, y1 = box_of_mask(target)
+    loose = np.zeros_like(target)
+    loose[int(y0) - 12:int(y1) + 13, int(x0) - 12:int(x1) + 13] = True
+    label = draw(viewer, dock, image, loose)
+    first = dice(labels.data == label, target)
+    misses = dock.session().predictor.cache.misses
+
+    scores = [first]
+    for _ in range(3):
+        predicted = labels.data == label
+        row, col, positive = next_click(predicted, target)
+        press_key(viewer, "Shift-C" if positive else "Shift-E")
+        points = viewer.layers[POINTS]
+        assert viewer.layers.selection.active is points and points.mode == "add"
+        n = len(points.data)
+        click(viewer, image, (row, col))
+        dock.wait_until_idle()
+        assert len(points.data) == n + 1, "the click did not add a point"
+        assert int(points.features["label"].iloc[-1]) == label
+        assert bool(points.features["positive"].iloc[-1]) == bool(positive)
+        scores.append(dice(labels.data == label, target))
+    print("Dice after 0..3 clicks (demo model, loose box):", [round(s, 3) for s in scores])
+    assert max(scores[1:]) > first + 0.02, scores
+    assert dock.session().predictor.cache.misses == misses  # clicks never re-encode
+
+    # Undo takes back the last click and its result
+    before_last = labels.data.copy()
+    dock.undo_button.clicked()
+    assert len(viewer.layers[POINTS].data) == 2
+    assert not np.array_equal(labels.data, before_last)
+
+    # back to boxes: the next box is a new object
+    press_key(viewer, "Shift-B")
+    assert viewer.layers.selection.active is boxes and boxes.mode == "add_rectangle"
+    new = draw(viewer, dock, image, truth == names["aorta_000"])
+    assert new == label + 1
