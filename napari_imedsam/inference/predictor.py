@@ -14,6 +14,7 @@ from torch.nn import functional as F
 from ..model.imedsam import BoxPrompt, IMedSAM
 from ..model.inr import CoarseOutput, refine_count
 from ..model.registry import LoadedModel
+from .crops import CropMemory
 from .embedding_store import Embedding, EmbeddingStore
 from .preprocess import (
     UNIT,
@@ -81,7 +82,7 @@ class Predictor:
 
     def __init__(self, model: LoadedModel, cache: EmbeddingStore | None = None, margin: float = 0.1,
                  coarse_cells: int = 48, seed: int = 0, zoom: bool | None = None,
-                 zoom_margin: float | None = None) -> None:
+                 zoom_margin: float | None = None, crop_tolerance: float = 0.0) -> None:
         self.model = model
         self.cache = cache if cache is not None else EmbeddingStore()
         self.margin = margin
@@ -91,6 +92,8 @@ class Predictor:
         # slice (small structures get the encoder's full resolution; one embedding per box).
         self.zoom = model.zoom if zoom is None else zoom
         self.zoom_margin = model.zoom_margin if zoom_margin is None else zoom_margin
+        # crop_tolerance > 0: a nudged box reuses an encoded crop that still fits it (see `crops`)
+        self.crops = CropMemory(self.zoom_margin, crop_tolerance)
 
     @property
     def network(self) -> IMedSAM:
@@ -144,7 +147,9 @@ class Predictor:
         """Normalise the whole slice, encode only the box region, decode there, paste back."""
         height, width = image.shape[:2]
         out_h, out_w = output_size or (height, width)
-        r0, r1, c0, c1 = zoom_region(box, (height, width), self.zoom_margin)
+        where = (content_digest(image), slice_index, (window or IntensityWindow()).cache_token())
+        r0, r1, c0, c1 = self.crops.choose(where, box, (height, width)) if self.crops.tolerance > 0 else \
+            zoom_region(box, (height, width), self.zoom_margin)
         crop = normalize_intensity(image, window)[r0:r1, c0:c1]
         sy, sx = out_h / height, out_w / width
         o_r0, o_c0 = int(round(r0 * sy)), int(round(c0 * sx))

@@ -61,6 +61,7 @@ class IMedSAMWidget(QWidget):
         self.volume = VolumeActions(self)
         self.tuner = FineTuner(self)
         self._connected: set[int] = set()
+        self._embedder = None  # BackgroundEmbedder of the current session
         self._build_controls()
         actions.register(napari_viewer, self)
         self.viewer.dims.events.current_step.connect(self._prefetch)
@@ -114,6 +115,7 @@ class IMedSAMWidget(QWidget):
         self.model_combo.changed.connect(lambda v: setattr(self.checkpoint, "visible", v == CHECKPOINT))
         self.load_button.clicked.connect(self.load_selected_model)
         self.image_combo.changed.connect(self._image_changed)
+        self.window_combo.changed.connect(self._prefetch)
         self.show_uncertainty.changed.connect(self._show_uncertainty)
         self.propagate_button.clicked.connect(self.propagate)
         self.cancel_button.clicked.connect(self.volume.cancel)
@@ -145,10 +147,11 @@ class IMedSAMWidget(QWidget):
 
     def set_model(self, loaded) -> None:
         """Use an already loaded model (the Load button ends here too)."""
+        from ..inference.crops import INTERACTIVE_TOLERANCE
         from ..inference.predictor import Predictor
         from ..model.weights import trainable_state
 
-        self.state.model, self.state.predictor = loaded, Predictor(loaded)
+        self.state.model, self.state.predictor = loaded, Predictor(loaded, crop_tolerance=INTERACTIVE_TOLERANCE)
         self.state.versions = {"base": ({k: v.clone() for k, v in trainable_state(loaded.network).items()},
                                         loaded.adapter_version)}
         self.version_combo.choices = ["base"]
@@ -306,23 +309,39 @@ class IMedSAMWidget(QWidget):
         return self.layer_set().current_slice()
 
     def _prefetch(self, event=None) -> None:
-        """Embed the displayed slice, then its neighbours, in the background (whole-slice models)."""
+        """Embed every slice in the background, nearest the displayed slice first (whole-slice models)."""
+        from ..inference.background import BackgroundEmbedder
+
         predictor = self.state.predictor
-        if predictor is None or predictor.zoom or self.workers.is_busy("prefetch") or self.workers.closed:
+        if predictor is None or predictor.zoom or self.workers.closed:
             return
         try:
             session = self.session()
         except (InputError, ValueError):
             return
         z = self.layer_set().current_slice()
-        order = [z] if z is None else [s for s in (z, z + 1, z - 1) if 0 <= s < session.n_slices]
+        embedder = self._embedder
+        if embedder is not None and embedder.session is session and self.workers.is_busy("prefetch"):
+            embedder.center = z  # the running worker restarts its order from here
+            return
+        if embedder is None or embedder.session is not session:
+            if embedder is not None:
+                embedder.stop()
+            embedder = self._embedder = BackgroundEmbedder(session, z, self._busy)
+        embedder.center = z
+        if embedder.pending() and not self.workers.is_busy("prefetch"):
+            embedder.stopped.clear()
+            self.workers.run("prefetch", embedder.run, on_error=lambda message: None, background=True,
+                             on_done=self._prefetch_done)  # a box will report real failures
 
-        def run():
-            for s in order:
-                session.embed(s)
-                yield s
+    def _prefetch_done(self) -> None:
+        """A stopped or finished run: start again if the session, window or slice changed meanwhile."""
+        if self._embedder is not None and not self._embedder.stopped.is_set() and self._embedder.pending():
+            self._prefetch()
 
-        self.workers.run("prefetch", run, on_error=lambda message: None)  # a box will report real failures
+    def _busy(self) -> bool:
+        """Work that background embedding yields to (read from its thread)."""
+        return bool(self.prompter.pending) or self.workers.is_busy("box") or self.workers.is_busy("propagate")
 
     # ---- messages and lifetime --------------------------------------------------------------------
     def set_status(self, text: str) -> None:
@@ -335,13 +354,15 @@ class IMedSAMWidget(QWidget):
         self.set_status(f"Error: {message}")
         show_error(message)
 
-    def wait_until_idle(self, timeout_ms: int = 60000) -> None:
-        """Block (processing Qt events) until no worker runs; for scripts and tests."""
+    def wait_until_idle(self, timeout_ms: int = 60000, background: bool = False) -> None:
+        """Block (processing Qt events) until no worker runs (`background`: background embedding
+        included); for scripts and tests."""
         from qtpy.QtCore import QCoreApplication, QElapsedTimer
 
         clock = QElapsedTimer()
         clock.start()
-        while (self.workers.is_busy() or self.prompter.pending) and clock.elapsed() < timeout_ms:
+        while (self.workers.is_busy() or self.prompter.pending or (background and self.workers.is_busy("prefetch"))
+               ) and clock.elapsed() < timeout_ms:
             QCoreApplication.processEvents()
 
     def showEvent(self, event) -> None:  # noqa: N802 - Qt API
@@ -362,6 +383,8 @@ class IMedSAMWidget(QWidget):
     def shutdown(self) -> None:
         """The window closes: cancel propagation and fine-tuning, wait for workers, forget this viewer."""
         self.tuner.cancel()
+        if self._embedder is not None:
+            self._embedder.stop()
         self.workers.shutdown()
         actions.unregister(self.viewer, self)
         state.forget(self.viewer)
