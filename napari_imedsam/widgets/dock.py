@@ -64,7 +64,7 @@ class IMedSAMWidget(QWidget):
         self._embedder = None  # BackgroundEmbedder of the current session
         self._build_controls()
         actions.register(napari_viewer, self)
-        self.viewer.dims.events.current_step.connect(self._prefetch)
+        self.viewer.dims.events.current_step.connect(self.prefetch)
         if self.state.model is not None:  # the dock was closed and opened again: same model, same work
             self.version_combo.choices = list(self.state.versions)
             self.set_status(f"Model {self.state.model.model_id} ready. Draw a box on the image.")
@@ -115,7 +115,7 @@ class IMedSAMWidget(QWidget):
         self.model_combo.changed.connect(lambda v: setattr(self.checkpoint, "visible", v == CHECKPOINT))
         self.load_button.clicked.connect(self.load_selected_model)
         self.image_combo.changed.connect(self._image_changed)
-        self.window_combo.changed.connect(self._prefetch)
+        self.window_combo.changed.connect(self.prefetch)
         self.show_uncertainty.changed.connect(self._show_uncertainty)
         self.propagate_button.clicked.connect(self.propagate)
         self.cancel_button.clicked.connect(self.volume.cancel)
@@ -170,7 +170,7 @@ class IMedSAMWidget(QWidget):
         except (InputError, ValueError) as exc:
             self.error(str(exc))
             return
-        self._prefetch()
+        self.prefetch()
 
     # ---- layers and the session ------------------------------------------------------------------
     def image_layer(self) -> Image | None:
@@ -244,12 +244,15 @@ class IMedSAMWidget(QWidget):
                 edited[atom[0]] = True
 
     def show_result(self, result, quiet: bool = False) -> None:
-        """Apply a worker's result to the labels and show every object's heatmap on that slice."""
+        """Apply a worker's result to the labels and show every object's heatmap on that slice. Layers
+        are redrawn only when that slice is displayed (napari reads the arrays when the user goes there)."""
         session = self.session()
         report = session.apply(result)
         layers = self.layer_set()
-        layers.write_maps(result.slice_index, *session.slice_maps(result.slice_index))
-        self.labels_layer().refresh()
+        shown = result.slice_index is None or result.slice_index == layers.current_slice()
+        layers.write_maps(result.slice_index, *session.slice_maps(result.slice_index), refresh=shown)
+        if shown:
+            self.labels_layer().refresh()
         if not quiet:
             self.set_status(f"{report.summary()} Mean uncertainty {result.mean_uncertainty:.3f}. "
                             "Correct with the label tools, then Accept slice.")
@@ -308,7 +311,7 @@ class IMedSAMWidget(QWidget):
     def current_slice(self) -> int | None:
         return self.layer_set().current_slice()
 
-    def _prefetch(self, event=None) -> None:
+    def prefetch(self, event=None) -> None:
         """Embed every slice in the background, nearest the displayed slice first (whole-slice models)."""
         from ..inference.background import BackgroundEmbedder
 
@@ -337,7 +340,7 @@ class IMedSAMWidget(QWidget):
     def _prefetch_done(self) -> None:
         """A stopped or finished run: start again if the session, window or slice changed meanwhile."""
         if self._embedder is not None and not self._embedder.stopped.is_set() and self._embedder.pending():
-            self._prefetch()
+            self.prefetch()
 
     def _busy(self) -> bool:
         """Work that background embedding yields to (read from its thread)."""
@@ -391,12 +394,19 @@ class IMedSAMWidget(QWidget):
 
 
 def _load_model(source: str, device: str, adapters: str | None):
-    """Worker: import the model code (after the triton guard) and load the weights."""
+    """Worker: import the model code (after the triton guard) and load the weights. What the GUI thread
+    imports next (the session and, for the boxes layer's features, pandas) is imported here too: a
+    first import on the GUI thread would freeze it (pandas alone takes ~1 s)."""
+    import importlib
     import warnings
 
     guard_triton()
     from ..model.registry import load_model
 
+    for name in ("pandas", "scipy.linalg", "scipy.ndimage", "napari_imedsam.inference.session",
+                 "napari_imedsam.inference.propagation", "napari_imedsam.inference.review",
+                 "napari_imedsam.inference.background", "napari_imedsam.model.weights"):
+        importlib.import_module(name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return load_model(source, device=device, adapters=adapters)
