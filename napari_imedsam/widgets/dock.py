@@ -316,8 +316,8 @@ class IMedSAMWidget(QWidget):
         from ..inference.background import BackgroundEmbedder
 
         predictor = self.state.predictor
-        if predictor is None or predictor.zoom or self.workers.closed:
-            return
+        if predictor is None or predictor.zoom or self.workers.closed or self.labels_layer() is None:
+            return  # no model, or the user removed the plugin's layers: scrolling does not bring them back
         try:
             session = self.session()
         except (InputError, ValueError):
