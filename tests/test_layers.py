@@ -15,7 +15,7 @@ ALLOWED = {
     "_atomic": set(),
     "_lazy_imports": set(),
     "model": {"errors", "_atomic"},
-    "inference": {"errors", "model"},
+    "inference": {"errors", "_atomic", "model"},
     "io": {"errors", "_atomic", "inference", "model"},
 }
 # src_train may be imported by the apps only where training starts: these modules, lazily.

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-import threading
 import warnings
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +15,8 @@ from ..model.imedsam import BoxPrompt, IMedSAM
 from ..model.inr import CoarseOutput, refine_count
 from ..model.registry import LoadedModel
 from .boxes import box_with_clicks
+from .crops import CropMemory
+from .embedding_store import Embedding, EmbeddingStore
 from .preprocess import (
     UNIT,
     Geometry,
@@ -38,15 +38,6 @@ POINT_CHUNK = 32768  # points per INR batch: bounds memory (hidden0 x chunk floa
 # decided: bilinear interpolation cannot cross 0.5 there. UGS-selected points outside the band are
 # evaluated exactly anyway, so uncertainty need not widen the band.
 CONFIDENT_LOGIT = 2.0
-
-
-@dataclass
-class Embedding:
-    """An encoded slice and how it maps to the encoder input."""
-
-    tensor: torch.Tensor  # (1, C, g, g)
-    geometry: Geometry
-    key: tuple
 
 
 @dataclass
@@ -72,41 +63,6 @@ class Prediction:
         c0, c1 = max(0, int(math.floor(x0))), int(math.ceil(x1)) + 1
         region = self.uncertainty[r0:r1, c0:c1]
         return float(region.mean()) if region.size else 0.0
-
-
-class EmbeddingCache:
-    """Thread-safe LRU of embeddings keyed by (content, slice, model, adapters, window, size)."""
-
-    def __init__(self, max_items: int = 16) -> None:
-        self.max_items = max_items
-        self._items: OrderedDict[tuple, Embedding] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
-
-    def get(self, key: tuple) -> Embedding | None:
-        with self._lock:
-            item = self._items.get(key)
-            if item is None:
-                self.misses += 1
-                return None
-            self._items.move_to_end(key)
-            self.hits += 1
-            return item
-
-    def put(self, embedding: Embedding) -> None:
-        with self._lock:
-            self._items[embedding.key] = embedding
-            self._items.move_to_end(embedding.key)
-            while len(self._items) > self.max_items:
-                self._items.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-
-    def __len__(self) -> int:
-        return len(self._items)
 
 
 def click_prompts(points: np.ndarray | None, geometry: Geometry, device: torch.device
@@ -140,11 +96,11 @@ class Predictor:
     decodes every output pixel instead (the slow reference the fast path must match).
     """
 
-    def __init__(self, model: LoadedModel, cache_size: int = 16, margin: float = 0.1,
+    def __init__(self, model: LoadedModel, cache: EmbeddingStore | None = None, margin: float = 0.1,
                  coarse_cells: int = 48, seed: int = 0, zoom: bool | None = None,
-                 zoom_margin: float | None = None) -> None:
+                 zoom_margin: float | None = None, crop_tolerance: float = 0.0) -> None:
         self.model = model
-        self.cache = EmbeddingCache(cache_size)
+        self.cache = cache if cache is not None else EmbeddingStore()
         self.margin = margin
         self.coarse_cells = coarse_cells
         self.seed = seed
@@ -152,6 +108,8 @@ class Predictor:
         # slice (small structures get the encoder's full resolution; one embedding per box).
         self.zoom = model.zoom if zoom is None else zoom
         self.zoom_margin = model.zoom_margin if zoom_margin is None else zoom_margin
+        # crop_tolerance > 0: a nudged box reuses an encoded crop that still fits it (see `crops`)
+        self.crops = CropMemory(self.zoom_margin, crop_tolerance)
 
     @property
     def network(self) -> IMedSAM:
@@ -174,14 +132,16 @@ class Predictor:
         key = self.embedding_key(image, window, slice_index)
         cached = self.cache.get(key)
         if cached is not None:
-            return cached
+            return self._on_device(cached)
         geometry = Geometry(image.shape[0], image.shape[1], self.network.config.encoder.img_size)
         pixels = to_model_input(normalize_intensity(image, window), geometry).to(self.device)
         with torch.inference_mode():
             tensor = self.network.encode(pixels)
-        embedding = Embedding(tensor, geometry, key)
-        self.cache.put(embedding)
-        return embedding
+        return self._on_device(self.cache.put(Embedding(tensor, geometry, key)))
+
+    def _on_device(self, embedding: Embedding) -> Embedding:
+        tensor = embedding.tensor.to(self.device)
+        return embedding if tensor is embedding.tensor else Embedding(tensor, embedding.geometry, embedding.key)
 
     # ---- prediction -------------------------------------------------------------------------
     def predict(self, image: np.ndarray, box_xyxy, *, window: IntensityWindow | None = None,
@@ -205,7 +165,9 @@ class Predictor:
         """Normalise the whole slice, encode only the box region, decode there, paste back."""
         height, width = image.shape[:2]
         out_h, out_w = output_size or (height, width)
-        r0, r1, c0, c1 = zoom_region(box, (height, width), self.zoom_margin)
+        where = (content_digest(image), slice_index, (window or IntensityWindow()).cache_token())
+        r0, r1, c0, c1 = self.crops.choose(where, box, (height, width)) if self.crops.tolerance > 0 else \
+            zoom_region(box, (height, width), self.zoom_margin)
         crop = normalize_intensity(image, window)[r0:r1, c0:c1]
         sy, sx = out_h / height, out_w / width
         o_r0, o_c0 = int(round(r0 * sy)), int(round(c0 * sx))

@@ -44,9 +44,10 @@ class IMedSAMWidget(QWidget):
         self.corrections = CorrectionActions(self)
         self.clicks = ClickActions(self)
         self._connected: set[int] = set()
+        self._embedder = None  # BackgroundEmbedder of the current session
         self._build_controls()
         actions.register(napari_viewer, self)
-        self.viewer.dims.events.current_step.connect(self._prefetch)
+        self.viewer.dims.events.current_step.connect(self.prefetch)
         if self.state.model is not None:  # the dock was closed and opened again: same model, same work
             self.version_combo.choices = list(self.state.versions)
             self.set_status(f"Model {self.state.model.model_id} ready. Draw a box on the image.")
@@ -56,6 +57,7 @@ class IMedSAMWidget(QWidget):
         self.model_combo.changed.connect(lambda v: setattr(self.checkpoint, "visible", v == CHECKPOINT))
         self.load_button.clicked.connect(self.load_selected_model)
         self.image_combo.changed.connect(lambda _: models.image_changed(self))
+        self.window_combo.changed.connect(self.prefetch)
         self.show_uncertainty.changed.connect(self._show_uncertainty)
         self.propagate_button.clicked.connect(self.propagate)
         self.cancel_button.clicked.connect(self.volume.cancel)
@@ -156,13 +158,16 @@ class IMedSAMWidget(QWidget):
                 edited[atom[0]] = True
 
     def show_result(self, result, quiet: bool = False) -> None:
-        """Apply a worker's result to the labels and show every object's heatmap on that slice."""
+        """Apply a worker's result to the labels and show every object's heatmap on that slice. Layers
+        are redrawn only when that slice is displayed (napari reads the arrays when the user goes there)."""
         session = self.session()
         report = session.apply(result)
         layers = self.layer_set()
-        layers.write_maps(result.slice_index, *session.slice_maps(result.slice_index))
-        self.labels_layer().refresh()
-        suggested = self.corrections.show(result.slice_index) if session.corrector is not None else 0
+        shown = result.slice_index is None or result.slice_index == layers.current_slice()
+        layers.write_maps(result.slice_index, *session.slice_maps(result.slice_index), refresh=shown)
+        if shown:
+            self.labels_layer().refresh()
+        suggested = self.corrections.show(result.slice_index) if session.corrector is not None and shown else 0
         if not quiet:
             hint = ("Suggestions: red = remove, green = add; accept or dismiss them, or " if suggested
                     else "")
@@ -244,24 +249,40 @@ class IMedSAMWidget(QWidget):
     def current_slice(self) -> int | None:
         return self.layer_set().current_slice()
 
-    def _prefetch(self, event=None) -> None:
-        """Embed the displayed slice, then its neighbours, in the background (whole-slice models)."""
+    def prefetch(self, event=None) -> None:
+        """Embed every slice in the background, nearest the displayed slice first (whole-slice models)."""
+        from ..inference.background import BackgroundEmbedder
+
         predictor = self.state.predictor
-        if predictor is None or predictor.zoom or self.workers.is_busy("prefetch") or self.workers.closed:
-            return
+        if predictor is None or predictor.zoom or self.workers.closed or self.labels_layer() is None:
+            return  # no model, or the user removed the plugin's layers: scrolling does not bring them back
         try:
             session = self.session()
         except (InputError, ValueError):
             return
         z = self.layer_set().current_slice()
-        order = [z] if z is None else [s for s in (z, z + 1, z - 1) if 0 <= s < session.n_slices]
+        embedder = self._embedder
+        if embedder is not None and embedder.session is session and self.workers.is_busy("prefetch"):
+            embedder.center = z  # the running worker restarts its order from here
+            return
+        if embedder is None or embedder.session is not session:
+            if embedder is not None:
+                embedder.stop()
+            embedder = self._embedder = BackgroundEmbedder(session, z, self._busy)
+        embedder.center = z
+        if embedder.pending() and not self.workers.is_busy("prefetch"):
+            embedder.stopped.clear()
+            self.workers.run("prefetch", embedder.run, on_error=lambda message: None, background=True,
+                             on_done=self._prefetch_done)  # a box will report real failures
 
-        def run():
-            for s in order:
-                session.embed(s)
-                yield s
+    def _prefetch_done(self) -> None:
+        """A stopped or finished run: start again if the session, window or slice changed meanwhile."""
+        if self._embedder is not None and not self._embedder.stopped.is_set() and self._embedder.pending():
+            self.prefetch()
 
-        self.workers.run("prefetch", run, on_error=lambda message: None)  # a box will report real failures
+    def _busy(self) -> bool:
+        """Work that background embedding yields to (read from its thread)."""
+        return bool(self.prompter.pending) or self.workers.is_busy("box") or self.workers.is_busy("propagate")
 
     # ---- messages and lifetime --------------------------------------------------------------------
     def set_status(self, text: str) -> None:
@@ -274,13 +295,15 @@ class IMedSAMWidget(QWidget):
         self.set_status(f"Error: {message}")
         show_error(message)
 
-    def wait_until_idle(self, timeout_ms: int = 60000) -> None:
-        """Block (processing Qt events) until no worker runs; for scripts and tests."""
+    def wait_until_idle(self, timeout_ms: int = 60000, background: bool = False) -> None:
+        """Block (processing Qt events) until no worker runs (`background`: background embedding
+        included); for scripts and tests."""
         from qtpy.QtCore import QCoreApplication, QElapsedTimer
 
         clock = QElapsedTimer()
         clock.start()
-        while (self.workers.is_busy() or self.prompter.pending) and clock.elapsed() < timeout_ms:
+        while (self.workers.is_busy() or self.prompter.pending or (background and self.workers.is_busy("prefetch"))
+               ) and clock.elapsed() < timeout_ms:
             QCoreApplication.processEvents()
 
     def showEvent(self, event) -> None:  # noqa: N802 - Qt API
@@ -301,6 +324,8 @@ class IMedSAMWidget(QWidget):
     def shutdown(self) -> None:
         """The window closes: cancel propagation and fine-tuning, wait for workers, forget this viewer."""
         self.tuner.cancel()
+        if self._embedder is not None:
+            self._embedder.stop()
         self.workers.shutdown()
         actions.unregister(self.viewer, self)
         state.forget(self.viewer)

@@ -44,75 +44,96 @@ class FineTuner:
     def export_dir(self) -> Path:
         return Path(self.dock.workdir.value) / "exports" / dataset_name(self.dock.image_layer().name)
 
-    def export(self) -> list[str]:
-        """Append the accepted slices not exported yet to the work folder's export (nnU-Net layout)."""
-        from ..io.export import ExportSlice, export_slices
+    def _export_items(self) -> tuple[list, list]:
+        """(ExportSlice items, their slice indices) for the accepted slices not exported yet (copies,
+        made on the GUI thread; writing them is the worker's job)."""
+        from ..io.export import ExportSlice
+
+        dock = self.dock
+        session = dock.session()
+        layers = dock.layer_set()
+        image = layers.image
+        in_plane = [a for a in range(len(layers.shape)) if a != layers.axis]
+        spacing = tuple(float(image.scale[a]) for a in in_plane[-2:])
+        source = str(image.source.path or image.metadata.get("source_path") or image.name)
+        window = session.window
+        extra = {} if window is None else {"window": {k: getattr(window, k) for k in (
+            "mode", "level", "width", "low_percentile", "high_percentile")}}
+        model = dock.state.model
+        objects = session.accepted_objects()
+        items = [ExportSlice(pixels, labels, boxes, source=source, slice_index=z, axis=layers.axis,
+                             model=model.model_id if model else "", spacing=spacing, extra=extra,
+                             adapter_version=model.adapter_version if model else "")
+                 for z, pixels, labels, boxes in objects]
+        return items, [z for z, *_ in objects]
+
+    def export(self) -> None:
+        """Append the accepted slices not exported yet to the work folder's export (nnU-Net layout), in a
+        worker."""
+        from ..io.export import export_slices
 
         dock = self.dock
         try:
             session = dock.session()
-            layers = dock.layer_set()
-            image = layers.image
-            in_plane = [a for a in range(len(layers.shape)) if a != layers.axis]
-            spacing = tuple(float(image.scale[a]) for a in in_plane[-2:])
-            source = str(image.source.path or image.metadata.get("source_path") or image.name)
-            window = session.window
-            extra = {} if window is None else {"window": {k: getattr(window, k) for k in (
-                "mode", "level", "width", "low_percentile", "high_percentile")}}
-            model = dock.state.model
-            objects = session.accepted_objects()
-            items = [ExportSlice(pixels, labels, boxes, source=source, slice_index=z, axis=layers.axis,
-                                 model=model.model_id if model else "", spacing=spacing, extra=extra,
-                                 adapter_version=model.adapter_version if model else "")
-                     for z, pixels, labels, boxes in objects]
+            items, slices = self._export_items()
             if not items:
                 raise InputError("no new accepted slices to export: correct a slice, then press Accept slice")
-            cases = export_slices(self.export_dir(), items)
         except (InputError, ValueError, OSError) as exc:
             dock.error(str(exc))
-            return []
-        session.mark_exported(z for z, *_ in objects)
-        dock.set_status(f"Exported {len(cases)} slice(s) to {self.export_dir()}")
-        return cases
+            return
+        folder = self.export_dir()
+
+        def exported(cases: list[str]) -> None:
+            session.mark_exported(slices)
+            dock.set_status(f"Exported {len(cases)} slice(s) to {folder}")
+
+        dock.set_status(f"Exporting {len(items)} slice(s)…")
+        dock.workers.run("export", export_slices, folder, items, on_result=exported)
 
     def start(self) -> None:
-        """Export what is new, then train a copy of the model in a worker; load the result when done."""
+        """Export what is new, then train a copy of the model; both in workers. The result is loaded
+        when done."""
         dock = self.dock
         if dock.workers.is_busy("finetune"):
             dock.error("fine-tuning is already running")
             return
         try:
             session = dock.session()
-            if session.accepted - session.exported and not self.export():
-                return
-            from src_train.data import load_export
-
-            samples = load_export(self.export_dir()) if self.export_dir().exists() else []
-            if len(samples) < 2:
-                raise InputError("fine-tuning needs at least 2 accepted objects (some are held back to "
-                                 f"measure Dice); {len(samples)} so far: accept more corrected slices")
+            items, slices = self._export_items()
+            folder = self.export_dir()
         except (InputError, ValueError, OSError) as exc:
             dock.error(str(exc))
             return
-        from src_train.trainer import TrainOptions, train
-
         model = dock.state.model
         mode = "decoder" if model.device.type == "cpu" else "adapters"
         if mode == "decoder":
             show_info("No GPU: fine-tuning the decoder only (prompt encoder, upscaling, INRs); the encoder stays "
                       "frozen.")
-        candidate = copy.deepcopy(model)
         steps = int(dock.steps.value)
-        options = TrainOptions(mode=mode, steps=steps, validate_every=max(1, steps // 5), seed=0,
-                               lr_decoder=3e-4, val_fraction=0.34)
+        options = {"mode": mode, "steps": steps, "validate_every": max(1, steps // 5), "seed": 0, "lr_decoder": 3e-4,
+                   "val_fraction": 0.34}
         self.cancelled = False
         dock.progress.max, dock.progress.value, dock.progress.visible = steps, 0, True
         dock.cancel_finetune_button.enabled = True
-        dock.set_status(f"Fine-tuning ({mode} mode) on {len(samples)} accepted objects: {steps} steps…")
-        dock.workers.run("finetune", train, candidate, samples, options, dock.workdir.value,
-                         self.export_dir().name, None, lambda: self.cancelled, "napari-imedsam fine-tune button",
-                         self.signal.step.emit, on_result=lambda report: self._finished(report, candidate),
-                         on_done=self._done)
+        dock.set_status(f"Fine-tuning ({mode} mode): exporting {len(items)} new slice(s), {steps} steps…")
+
+        def failed(message: str) -> None:
+            self._done()
+            dock.error(message)
+
+        def prepared(result) -> None:
+            session.mark_exported(slices)
+            samples, candidate = result
+            if candidate is None:
+                failed("fine-tuning needs at least 2 accepted objects (some are held back to measure Dice); "
+                       f"{len(samples)} so far: accept more corrected slices")
+                return
+            dock.set_status(f"Fine-tuning ({mode} mode) on {len(samples)} accepted objects: {steps} steps…")
+            dock.workers.run("finetune", _train, candidate, samples, options, dock.workdir.value, folder.name,
+                             lambda: self.cancelled, self.signal.step.emit,
+                             on_result=lambda report: self._finished(report, candidate), on_done=self._done)
+
+        dock.workers.run("finetune", _prepare, model, items, folder, on_result=prepared, on_error=failed)
 
     def _on_step(self, step: int, total: int) -> None:
         self.dock.progress.value = step
@@ -149,3 +170,26 @@ class FineTuner:
         state.model.network.load_state_dict(tensors, strict=False)
         state.model.adapter_version = version_id  # a new embedding cache key: nothing stale is reused
         self.dock.set_status(f"Using adapter version {version}.")
+        self.dock.prefetch()  # embed the slices again, for this version
+
+
+def _prepare(model, items: list, folder: Path) -> tuple[list, object]:
+    """Worker: write the new slices to the export, read the whole export back, and copy the model if
+    there is enough to train on (None if not)."""
+    from src_train.data import load_export
+
+    from ..io.export import export_slices
+
+    if items:
+        export_slices(folder, items)
+    samples = load_export(folder) if folder.exists() else []
+    return samples, (copy.deepcopy(model) if len(samples) >= 2 else None)
+
+
+def _train(candidate, samples: list, options: dict, workdir: str, name: str, should_stop, on_step):
+    """Worker: fine-tune `candidate` (a copy of the live model) and save the new adapter version (the
+    trainer is imported here, not on the GUI thread)."""
+    from src_train.trainer import TrainOptions, train
+
+    return train(candidate, samples, TrainOptions(**options), workdir, name, None, should_stop,
+                 "napari-imedsam fine-tune button", on_step)

@@ -126,10 +126,12 @@ class LayerSet:
                                  f"'{self.image.name}' has {want}: rename or remove that layer")
         return boxes, labels, coarse, uncertainty
 
-    def write_maps(self, slice_index: int | None, coarse: np.ndarray, uncertainty: np.ndarray) -> None:
-        """Show a slice's coarse probability and uncertainty."""
+    def write_maps(self, slice_index: int | None, coarse: np.ndarray, uncertainty: np.ndarray,
+                   refresh: bool = True) -> None:
+        """Write a slice's coarse probability and uncertainty; `refresh`: redraw them (the slice is shown)."""
         for name, values in ((COARSE, coarse), (UNCERTAINTY, uncertainty)):
             layer = self.viewer.layers[name]
             target = layer.data if self.axis is None else np.moveaxis(layer.data, self.axis, 0)[slice_index]
             target[...] = values
-            layer.refresh()
+            if refresh:
+                layer.refresh()

@@ -33,10 +33,12 @@ def load_selected(self: IMedSAMWidget) -> None:
 
 def use(self: IMedSAMWidget, loaded, corrector=None) -> None:
     """Make a loaded model (and corrector) the dock's model: versions reset, layers ready, slices embedding."""
+    from ..inference.crops import INTERACTIVE_TOLERANCE
     from ..inference.predictor import Predictor
     from ..model.weights import trainable_state
 
-    self.state.model, self.state.predictor, self.state.corrector = loaded, Predictor(loaded), corrector
+    self.state.model, self.state.corrector = loaded, corrector
+    self.state.predictor = Predictor(loaded, crop_tolerance=INTERACTIVE_TOLERANCE)
     self.state.versions = {"base": ({k: v.clone() for k, v in trainable_state(loaded.network).items()},
                                     loaded.adapter_version)}
     self.version_combo.choices = ["base"]
@@ -56,15 +58,22 @@ def image_changed(self: IMedSAMWidget) -> None:
     except (InputError, ValueError) as exc:
         self.error(str(exc))
         return
-    self._prefetch()
+    self.prefetch()
 
 
 def load_in_worker(source: str, device: str, adapters: str | None, corrector: str | None):
     """Worker: import the model code (after the triton guard), load the weights and the corrector
-    (the file given, else the one bundled for this model). Returns (model, corrector or None)."""
+    (the file given, else the one bundled for this model). Returns (model, corrector or None).
+    What the GUI thread imports next (the session and, for the boxes layer's features, pandas) is
+    imported here too: a first import on the GUI thread would freeze it (pandas alone takes ~1 s)."""
+    import importlib
     import warnings
 
     guard_triton()
+    for name in ("pandas", "scipy.linalg", "scipy.ndimage", "napari_imedsam.inference.session",
+                 "napari_imedsam.inference.propagation", "napari_imedsam.inference.review",
+                 "napari_imedsam.inference.background", "napari_imedsam.model.weights"):
+        importlib.import_module(name)
     from ..model.corrector import bundled_corrector, load_corrector
     from ..model.registry import load_model
 

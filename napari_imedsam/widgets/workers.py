@@ -7,6 +7,7 @@ emits into deleted Qt objects. Tests and benchmarks wait on `Workers.idle` / `is
 
 from __future__ import annotations
 
+import inspect
 import logging
 import traceback
 from collections.abc import Callable
@@ -29,26 +30,46 @@ def error_message(exc: BaseException) -> str:
     return f"unexpected {type(exc).__name__}: {exc} (details in the terminal log)"
 
 
+def _with_threads(fn: Callable, background: bool) -> Callable:
+    """`fn`, first setting the worker thread's torch thread count (generators stay generators)."""
+    from ..inference.threads import use_compute_threads
+
+    if inspect.isgeneratorfunction(fn):
+        def generator(*args):
+            use_compute_threads(background)
+            return (yield from fn(*args))
+        return generator
+
+    def function(*args):
+        use_compute_threads(background)
+        return fn(*args)
+    return function
+
+
 class Workers(QObject):
     """The dock's running workers."""
 
-    idle = Signal()  # emitted when the last running worker has finished
+    idle = Signal()  # emitted when the last running worker (background jobs aside) has finished
 
     def __init__(self, on_error: Callable[[str], None], parent: QObject | None = None) -> None:
         super().__init__(parent)
         self._on_error = on_error
         self._running: dict[str, Any] = {}
+        self._background: set[str] = set()  # names of running background jobs
         self.closed = False
 
     def is_busy(self, name: str | None = None) -> bool:
-        return bool(self._running) if name is None else name in self._running
+        """Whether job `name` runs; without a name, whether any job but background ones runs."""
+        return bool(set(self._running) - self._background) if name is None else name in self._running
 
     def run(self, name: str, fn: Callable, *args, on_result: Callable | None = None,
             on_yield: Callable | None = None, on_done: Callable | None = None, progress: dict | None = None,
-            on_error: Callable[[str], None] | None = None):
+            on_error: Callable[[str], None] | None = None, background: bool = False):
         """Start `fn(*args)` in a thread (a generator streams through `on_yield`); `name` identifies the
-        job (one per name at a time: the caller checks `is_busy(name)`)."""
-        worker = create_worker(fn, *args, _ignore_errors=True, _progress=progress or False)
+        job (one per name at a time: the caller checks `is_busy(name)`). The job's torch compute uses
+        all CPUs but one (`background`: one), so the GUI thread keeps a core."""
+        worker = create_worker(_with_threads(fn, background), *args, _ignore_errors=True,
+                               _progress=progress or False)
 
         def guarded(handler):
             def slot(*values):
@@ -68,13 +89,16 @@ class Workers(QObject):
                 return
             if self._running.get(name) is worker:
                 del self._running[name]
+                self._background.discard(name)
             if on_done is not None:
                 on_done()
-            if not self._running:
+            if not background and not self.is_busy():
                 self.idle.emit()
 
         worker.finished.connect(finished)
         self._running[name] = worker
+        if background:
+            self._background.add(name)
         worker.start()
         return worker
 

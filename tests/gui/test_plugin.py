@@ -1,5 +1,5 @@
 """The plugin as napari sees it: manifest, samples, make demo's window, RGB with translate, a box
-move that re-runs only the decoder, neighbours embedded in the background."""
+move that re-runs only the decoder, every slice embedded in the background."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def test_rgb_image_with_translate(docked):
     np.testing.assert_array_equal(labels.data == 1, expected)
 
 
-def test_moving_a_box_reruns_only_the_decoder_and_neighbours_are_prefetched(docked, fitted):
+def test_moving_a_box_reruns_only_the_decoder_and_slices_are_embedded_in_the_background(docked, fitted):
     viewer, dock = docked
     dock.set_model(fitted[0])  # a whole-slice model: embeddings are cached per slice
     volume, truth = phantom_volume((9, 96, 96))
@@ -67,8 +67,8 @@ def test_moving_a_box_reruns_only_the_decoder_and_neighbours_are_prefetched(dock
     image, boxes, labels = open_image(viewer, dock, volume, "phantom", contrast_limits=(-160, 240))
     dock.go_to_slice(4)
     cache = dock.state.predictor.cache
-    dock.wait_until_idle()
-    assert len(cache) == 3  # the slice and both neighbours, in the background
+    dock.wait_until_idle(background=True)
+    assert len(cache) == 9  # every slice, in the background
     misses = cache.misses
     x0, y0, x1, y1 = box_of_mask(truth[4])
     drag_box(viewer, image, (4, y0, x0), (4, y1, x1))
