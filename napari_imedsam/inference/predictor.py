@@ -44,6 +44,7 @@ class Embedding:
     tensor: torch.Tensor  # (1, C, g, g)
     geometry: Geometry
     key: tuple
+    image: torch.Tensor | None = None  # (1, 3, H, W) normalised slice, kept for models whose Dec_f reads it
 
 
 @dataclass
@@ -158,10 +159,14 @@ class Predictor:
         if cached is not None:
             return cached
         geometry = Geometry(image.shape[0], image.shape[1], self.network.config.encoder.img_size)
-        pixels = to_model_input(normalize_intensity(image, window), geometry).to(self.device)
+        normalized = normalize_intensity(image, window)
+        pixels = to_model_input(normalized, geometry).to(self.device)
         with torch.inference_mode():
             tensor = self.network.encode(pixels)
-        embedding = Embedding(tensor, geometry, key)
+        kept = None
+        if self.network.config.decoder.fine_image_patch:
+            kept = torch.from_numpy(normalized).permute(2, 0, 1).unsqueeze(0).to(self.device)
+        embedding = Embedding(tensor, geometry, key, kept)
         self.cache.put(embedding)
         return embedding
 
@@ -205,7 +210,9 @@ class Predictor:
         geometry = embedding.geometry
         box_input = torch.as_tensor(geometry.box_to_input(box_xyxy), dtype=torch.float32, device=self.device)
         extent = torch.tensor(geometry.extent, dtype=torch.float32, device=self.device)
-        return self.network.prompt(embedding.tensor, box_input.view(1, 4), extent)
+        prompt = self.network.prompt(embedding.tensor, box_input.view(1, 4), extent)
+        prompt.image = embedding.image
+        return prompt
 
     def predict_embedding(self, embedding: Embedding, box_xyxy, *, output_size: tuple[int, int] | None = None,
                           dense: bool = False) -> Prediction:

