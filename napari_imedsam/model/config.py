@@ -151,7 +151,10 @@ LITE = ModelConfig(
     name="lite",
     encoder=EncoderConfig(backbone="lite", img_size=256, patch_size=4, embed_dim=320, depth=10, num_heads=10,
                           window_size=7, global_attn_indexes=(), out_chans=256, lora_rank=4, fa_hidden=4),
-    decoder=DecoderConfig(sam_prior=True, fine_image_patch=3),
+    # Narrower INRs than the paper's (1024, 512) / (512, 256, 256, 128): they start at LiteMedSAM's answer
+    # and only learn corrections, and must train on a 2-core CPU in under an hour.
+    decoder=DecoderConfig(sam_prior=True, fine_image_patch=3, coarse_hidden=(512, 256), coarse_feature_dim=64,
+                          fine_hidden=(256, 128, 128, 64)),
 )
 
 CONFIGS: dict[str, ModelConfig] = {c.name: c for c in (VIT_B, TINY, LITE)}

@@ -40,6 +40,10 @@ class BoxPrompt:
     extent: torch.Tensor  # (B, 2) fraction (x, y) of the padded square covered by the image
     sam_mask_logits: torch.Tensor  # (B, 1, 4g, 4g) SAM's own single-mask output (baseline)
     image: torch.Tensor | None = None  # (1, 3, H, W) normalised slice in [0, 1], for Dec_f's image patches
+    # (B, 2) xy cell where feature_map / sam_mask_logits start when they hold only a window of the
+    # 4g x 4g maps (training caches the region around each box); None: the whole maps.
+    origin: torch.Tensor | None = None
+    token: torch.Tensor | None = None  # (B, C) SAM's single-mask output token (what prompt_bias is made from)
 
 
 class IMedSAM(nn.Module):
@@ -135,7 +139,7 @@ class IMedSAM(nn.Module):
         hyper = decoder.output_hypernetworks_mlps[0](mask_token)
         sam_logits = torch.einsum("bc,bchw->bhw", hyper, feature_map).unsqueeze(1)
         extent = extent.reshape(-1, 2).expand(b, 2).to(feature_map)
-        return BoxPrompt(feature_map, self.coarse_inr.prompt_bias(mask_token), extent, sam_logits)
+        return BoxPrompt(feature_map, self.coarse_inr.prompt_bias(mask_token), extent, sam_logits, token=mask_token)
 
     # ---- implicit decoder ---------------------------------------------------------------
     def point_input(self, prompt: BoxPrompt, points: torch.Tensor, patches: torch.Tensor | None = None
@@ -146,6 +150,11 @@ class IMedSAM(nn.Module):
         dec = self.config.decoder
         grid = (points + 1.0) * prompt.extent.unsqueeze(1) - 1.0  # image coords -> padded square
         maps = torch.cat([prompt.feature_map, prompt.sam_mask_logits], 1) if dec.sam_prior else prompt.feature_map
+        if prompt.origin is not None:  # the maps hold a window of the full 4g x 4g maps: shift and rescale
+            full = 4 * self.config.encoder.grid_size
+            cells = ((grid + 1.0) * full - 1.0) / 2.0 - prompt.origin.unsqueeze(1)
+            held = torch.tensor([maps.shape[-1], maps.shape[-2]], dtype=grid.dtype, device=grid.device)
+            grid = (2.0 * cells + 1.0) / held - 1.0
         sampled = F.grid_sample(maps, grid.unsqueeze(2), mode="bilinear", align_corners=False)  # (B, C, P, 1)
         sampled = sampled.squeeze(-1).transpose(1, 2)
         channels = self.config.feature_map_dim
@@ -185,7 +194,11 @@ class IMedSAM(nn.Module):
         """Training pass at sampled points: coarse logits (dropout on) and fine logits at the
         UGS-selected points. Returns coarse_logit (B, P), fine_logit (B, K), fine_index (B, K).
         `patches` (B, P, 3 k^2): the image around each point, for models whose Dec_f reads it."""
-        prompt = self.prompt(embedding, boxes, extent)
+        return self.train_outputs(self.prompt(embedding, boxes, extent), points, patches)
+
+    def train_outputs(self, prompt: BoxPrompt, points: torch.Tensor, patches: torch.Tensor | None = None
+                      ) -> dict[str, torch.Tensor]:
+        """`forward_train` after the prompt path (which a frozen prompt path lets a trainer cache)."""
         point_input = self.point_input(prompt, points, patches)
         coarse = self.coarse(prompt, point_input)
         if self.fine_inr.residual:  # Dec_f learns a correction; its loss does not move the coarse logit

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import types
 import warnings
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from .config import EncoderConfig
 from .frequency import fourier_spectrum
@@ -102,8 +104,21 @@ def _tinyvit_class() -> type[nn.Module]:
     return TinyViT
 
 
-def _refresh_attention_biases(module: nn.Module, _incompatible_keys) -> None:
-    module.train(module.training)
+def _refresh_after_load(module: LiteImageEncoder, _incompatible_keys) -> None:
+    module.train(module.training)  # TinyViT's attention caches its bias table (`ab`) when switched to eval
+    module.clear_folded()
+
+
+def _conv_bn_forward(module: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """TinyViT's Conv2d + BatchNorm pair; at inference one convolution with the BatchNorm folded in."""
+    if module.training or torch.is_grad_enabled() or not module.fold:
+        return nn.Sequential.forward(module, x)
+    conv, bn = module.c, module.bn
+    if module.folded is None:
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        module.folded = (conv.weight * scale[:, None, None, None], bn.bias - bn.running_mean * scale)
+    weight, bias = module.folded
+    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
 class LiteImageEncoder(nn.Module):
@@ -135,9 +150,29 @@ class LiteImageEncoder(nn.Module):
                                                 config.fa_hidden, len(layer.blocks)))
         self.use_frequency = config.fa_spectrum != "none"
         self.freq_adapters = nn.ModuleList(streams) if self.use_frequency else nn.ModuleList()
+        self.fast = True
+        self._conv_bns = [m for m in self.modules() if type(m).__name__ == "Conv2d_BN"]
+        for module in self._conv_bns:
+            module.fold, module.folded = True, None
+            module.forward = types.MethodType(_conv_bn_forward, module)
         self.train(False)
-        # TinyViT's attention caches its bias table (`ab`) when switched to eval: refresh it on every load.
-        self.register_load_state_dict_post_hook(_refresh_attention_biases)
+        self.register_load_state_dict_post_hook(_refresh_after_load)
+
+    def set_fast(self, fast: bool) -> None:
+        """Inference speed-ups (on by default): BatchNorm folded into its convolution, the convolutional
+        stem in channels-last memory. Off: LiteMedSAM's own arithmetic, bit for bit (the fast path
+        agrees to ~1e-5; see benchmarks/bench_encoder.py)."""
+        self.fast = fast
+        for module in self._conv_bns:
+            module.fold = fast
+
+    def clear_folded(self) -> None:
+        for module in self._conv_bns:
+            module.folded = None
+
+    def _apply(self, fn, recurse: bool = True):  # .to(device/dtype): fold again from the moved weights
+        self.clear_folded()
+        return super()._apply(fn, recurse)
 
     def train(self, mode: bool = True) -> LiteImageEncoder:
         super().train(mode)
@@ -148,6 +183,8 @@ class LiteImageEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, 256, 256) image in [0, 1] -> (B, 256, 64, 64) embedding."""
         spectrum = fourier_spectrum(x, self.config.fa_spectrum).to(x.dtype) if self.use_frequency else None
+        if self.fast and not torch.is_grad_enabled():
+            x = x.contiguous(memory_format=torch.channels_last)
         x = self.layers[0](self.patch_embed(x))
         for index, layer in enumerate(self.layers[1:]):
             stream = self.freq_adapters[index] if spectrum is not None else None
