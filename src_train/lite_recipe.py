@@ -5,10 +5,10 @@
 1. Data (never shipped; only the trained tensors are): the same held-out sets as `demo_recipe`
    (every 6th Kvasir image, BraTS patient 6, every CT structure: no real CT is trained on), and for
    training a subset of the rest: every 4th training Kvasir image (research/education terms), BraTS
-   2013 patients 3 and 4 (CC BY-NC-SA 3.0; FLAIR with the whole tumour every 4th slice, T1c with the
-   tumour core every 4th; patient 5 is kept for validation), generated ellipse phantoms and CT-like
-   scenes (`scenes.py`) at 256, 384 and 512 px (clinical CT slices are 512 px: the encoder then sees
-   them at half resolution, as it does real CT), two of its generated targets per scene.
+   2013 patients 3 and 4 (CC BY-NC-SA 3.0; FLAIR with the whole tumour, every 2nd slice; patient 5
+   is kept for validation; `--t1c` adds T1c slices with the tumour core), generated ellipse phantoms
+   and CT-like scenes (`scenes.py`) at 256, 384 and 512 px (clinical CT slices are 512 px: the encoder
+   then sees them at half resolution, as it does real CT), two of its generated targets per scene.
 2. Embeddings: each training image is encoded once by LiteMedSAM's encoder (whole slice, 256 px,
    ~2 s on a 2-core CPU) and stored as float16 under WORK/embeddings, keyed by the encoder input's
    hash, so later runs reuse them.
@@ -53,7 +53,7 @@ from .scenes import ct_scene, scene_targets
 from .trainer import cosine_factor
 
 BUNDLED = Path(__file__).resolve().parents[1] / "napari_imedsam" / "weights" / LITE_FILE
-DATA_TERMS = ("Kvasir-SEG (research and education only), BraTS 2013 FLAIR and T1c of patients 3-4 "
+DATA_TERMS = ("Kvasir-SEG (research and education only), BraTS 2013 FLAIR of patients 3-4 "
               "(training) and 5 (validation) (CC BY-NC-SA 3.0), generated ellipse phantoms and CT-like scenes; "
               f"base LiteMedSAM ({LITE_PACKAGE}=={LITE_VERSION}, {LITE_LICENSE})")
 
@@ -86,13 +86,17 @@ def build(shared: Path, work: Path, n_scenes: int, n_phantoms: int, seed: int) -
     return counts
 
 
-def training_images(work: Path, kvasir_every: int, flair_every: int, per_scene: int = 3) -> list[list[Sample]]:
-    """The training pool as groups of samples sharing one image (one embedding per group)."""
+def training_images(work: Path, kvasir_every: int, flair_every: int, per_scene: int = 3,
+                    t1c: bool = False) -> list[list[Sample]]:
+    """The training pool as groups of samples sharing one image (one embedding per group). Without `t1c`,
+    BraTS gives FLAIR slices with the whole tumour only: a box around a brain tumour then always means
+    the whole tumour (the tumour core in T1c is another task for the same kind of box, and two training
+    patients cannot teach the heads to tell the two apart without hurting an unseen patient)."""
     train = load_folder(work / "data" / "train" / "images", work / "data" / "train" / "masks")
     kvasir = [s for s in train if s.name.startswith("kvasir_")][::kvasir_every]
-    flair = [s for s in train if "_flair_" in s.name][::flair_every // 2]  # demo_recipe keeps every 2nd slice
-    t1c = [s for s in train if "_t1c_" in s.name]
-    groups = [[s] for s in (*kvasir, *flair, *t1c)]
+    flair = [s for s in train if "_flair_" in s.name][::max(1, flair_every // 2)]  # demo_recipe keeps every 2nd
+    cores = [s for s in train if "_t1c_" in s.name] if t1c else []
+    groups = [[s] for s in (*kvasir, *flair, *cores)]
     generated = work / "data" / "generated"
     for path in sorted((generated / "images").iterdir()):
         image = read_image(path).data
@@ -162,7 +166,8 @@ def _validate(predictor: Predictor, examples: list[tuple[str, EncodedExample]]) 
 
 
 def fit_heads(loaded: LoadedModel, train: list[CachedObject], val: list[tuple[str, EncodedExample]], minutes: float,
-              seed: int, batch_size: int = 8, n_points: int = 1024, validate_every: float = 480.0) -> dict:
+              seed: int, lr: float = 5e-4, batch_size: int = 8, n_points: int = 1024,
+              validate_every: float = 480.0) -> dict:
     """Train the coarse and fine INRs on cached prompt paths for `minutes`; keep the best validated state
     (validation Dice: the mean of the per-domain means, through the real inference path)."""
     network = loaded.network
@@ -172,7 +177,7 @@ def fit_heads(loaded: LoadedModel, train: list[CachedObject], val: list[tuple[st
     params = [p for name in ("coarse_inr", "fine_inr") for _, p in groups[name]]
     for p in params:
         p.requires_grad_(True)
-    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    optimizer = torch.optim.AdamW(params, lr=lr)
     predictor = Predictor(loaded)
     network.eval()
     history = [{"seconds": 0.0, "step": 0, **_validate(predictor, val)}]
@@ -193,7 +198,7 @@ def fit_heads(loaded: LoadedModel, train: list[CachedObject], val: list[tuple[st
                 break
         network.train()
         for group in optimizer.param_groups:
-            group["lr"] = 1e-3 * cosine_factor(progress)
+            group["lr"] = lr * cosine_factor(progress)
         picks = rng.integers(0, len(train), batch_size)
         chosen = [(train[i], int(rng.integers(0, len(train[i].prompts)))) for i in picks]
         prompt, batch = cached_batch(network, chosen, rng, n_points)
@@ -204,7 +209,8 @@ def fit_heads(loaded: LoadedModel, train: list[CachedObject], val: list[tuple[st
         optimizer.step()
         step += 1
         if step % 200 == 0:
-            print(json.dumps({"step": step, "seconds": round(elapsed), "loss": round(float(loss), 4)}), flush=True)
+            record = {"step": step, "seconds": round(elapsed), "loss": round(float(loss.detach()), 4)}
+            print(json.dumps(record), flush=True)
     for p in params:
         p.requires_grad_(False)
     network.load_state_dict(best[1])
@@ -235,7 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--phantoms", type=int, default=30)
     parser.add_argument("--targets-per-scene", type=int, default=2, help="of the 3 generated per scene")
     parser.add_argument("--kvasir-every", type=int, default=4)
-    parser.add_argument("--flair-every", type=int, default=4)
+    parser.add_argument("--flair-every", type=int, default=2)
+    parser.add_argument("--t1c", action="store_true", help="also train on T1c slices with the tumour core")
+    parser.add_argument("--lr", type=float, default=5e-4, help="AdamW learning rate of the INR heads (cosine)")
     parser.add_argument("--box-variants", type=int, default=2, help="boxes per object: the tight one + jittered")
     parser.add_argument("--box-jitter", type=float, default=0.03, help="jitter: each side out by 0..this x image size")
     parser.add_argument("--seed", type=int, default=0)
@@ -247,11 +255,12 @@ def main(argv: list[str] | None = None) -> int:
     recipe = (f"python -m src_train.lite_recipe --shared ../shared/data --work artifacts/lite_recipe --minutes "
               f"{args.minutes:g} --scenes {args.scenes} --phantoms {args.phantoms} --targets-per-scene "
               f"{args.targets_per_scene} --kvasir-every "
-              f"{args.kvasir_every} --flair-every {args.flair_every} --box-variants {args.box_variants} "
+              f"{args.kvasir_every} --flair-every {args.flair_every}{' --t1c' if args.t1c else ''} --lr {args.lr:g} "
+              f"--box-variants {args.box_variants} "
               f"--box-jitter {args.box_jitter:g} --seed {args.seed}"
               + (" --install" if args.install else ""))
     counts = build(args.shared, args.work, args.scenes, args.phantoms, args.seed)
-    groups = training_images(args.work, args.kvasir_every, args.flair_every, args.targets_per_scene)
+    groups = training_images(args.work, args.kvasir_every, args.flair_every, args.targets_per_scene, args.t1c)
     loaded = load_model(LITE_BASE)
     start = time.perf_counter()
     examples: list[list[tuple[str, EncodedExample]]] = []
@@ -273,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(counts), flush=True)
     if args.prepare_only:
         return 0
-    report = fit_heads(loaded, train, val, args.minutes, args.seed)
+    report = fit_heads(loaded, train, val, args.minutes, args.seed, lr=args.lr)
     header = {"recipe": recipe, "counts": {k: v for k, v in counts.items() if k != "train_manifest_sha256"},
               "training_files_sha256": counts["train_manifest_sha256"], "training": report,
               "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
