@@ -77,7 +77,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     config = net.config
     enc, dec = config.encoder, config.decoder
     print(f"model        {loaded.model_id} (config {config.name}, weights sha256 {loaded.weights_sha256[:16]})")
-    print(f"encoder      ViT {enc.embed_dim}-d x {enc.depth} blocks, {enc.num_heads} heads, patch {enc.patch_size}, "
+    kind = "LiteMedSAM TinyViT, last stage" if enc.backbone == "lite" else "ViT"
+    print(f"encoder      {kind} {enc.embed_dim}-d x {enc.depth} blocks, {enc.num_heads} heads, patch {enc.patch_size}, "
           f"input {enc.img_size} px -> {enc.grid_size}x{enc.grid_size} tokens x {enc.out_chans}")
     print(f"adapters     LoRA rank {enc.lora_rank} on q,v; "
           f"frequency adapter ({enc.fa_spectrum}, hidden {enc.fa_hidden})")
@@ -238,7 +239,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if args.baselines:
             print(f"  baselines on the same boxes: box as mask Dice {metrics['box_dice']:.4f} "
                   f"(HD95 {metrics['box_hd95']:.2f}), GrabCut Dice {metrics['grabcut_dice']:.4f} "
-                  f"(HD95 {metrics['grabcut_hd95']:.2f})")
+                  f"(HD95 {metrics['grabcut_hd95']:.2f}), the backbone's own mask decoder Dice "
+                  f"{metrics['sam_dice']:.4f} (HD95 {metrics['sam_hd95']:.2f})")
     return 0
 
 
@@ -299,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--uncertainty", choices=UNCERTAINTY_KINDS, default=None,
                           help="uncertainty to score and refine by (default: the model's own, predictive)")
     evaluate.add_argument("--baselines", action="store_true",
-                          help="also score the box itself and GrabCut (OpenCV) on the same boxes")
+                          help="also score the box itself, GrabCut (OpenCV) and the backbone's own SAM mask "
+                               "decoder (zero-shot LiteMedSAM for lite) on the same boxes")
     evaluate.set_defaults(func=cmd_evaluate)
     return parser
 

@@ -11,6 +11,7 @@ import torch
 from napari_imedsam.inference.predictor import Embedding
 from napari_imedsam.inference.preprocess import normalized_points, region_around_box
 from napari_imedsam.model.imedsam import IMedSAM
+from napari_imedsam.model.inr import image_patches
 
 from .losses import imedsam_loss
 from .points import box_of_mask, jitter_box, sample_points
@@ -37,10 +38,11 @@ def decoder_parameters(network: IMedSAM) -> list[torch.nn.Parameter]:
 
 
 def make_batch(examples: Sequence[EncodedExample], rng: np.random.Generator, n_points: int,
-               boundary_fraction: float = 0.5, box_jitter: float = 0.05, device: torch.device | None = None
-               ) -> dict[str, torch.Tensor]:
-    """Embeddings, jittered boxes (encoder pixels), extents, query points and labels for a batch."""
-    embeddings, boxes, extents, points, labels = [], [], [], [], []
+               boundary_fraction: float = 0.5, box_jitter: float = 0.05, device: torch.device | None = None,
+               patch_size: int = 0) -> dict[str, torch.Tensor]:
+    """Embeddings, jittered boxes (encoder pixels), extents, query points and labels for a batch; with
+    `patch_size` also each point's image patch (`patches`), from the examples' kept images."""
+    embeddings, boxes, extents, points, labels, patches = [], [], [], [], [], []
     for example in examples:
         geometry = example.embedding.geometry
         shape = example.mask.shape
@@ -52,8 +54,14 @@ def make_batch(examples: Sequence[EncodedExample], rng: np.random.Generator, n_p
         extents.append(torch.tensor(geometry.extent, dtype=torch.float32))
         points.append(normalized_points(rc[:, 0], rc[:, 1], shape))
         labels.append(torch.from_numpy(target))
-    batch = {"embedding": torch.cat(embeddings), "boxes": torch.stack(boxes), "extent": torch.stack(extents),
-             "points": torch.stack(points), "labels": torch.stack(labels)}
+        if patch_size:
+            if example.embedding.image is None:
+                raise ValueError("this model's fine INR reads the image, but a training example kept none")
+            patches.append(image_patches(example.embedding.image, points[-1].unsqueeze(0), patch_size)[0])
+    batch = {"embedding": torch.cat(embeddings).float(), "boxes": torch.stack(boxes),
+             "extent": torch.stack(extents), "points": torch.stack(points), "labels": torch.stack(labels)}
+    if patch_size:
+        batch["patches"] = torch.stack(patches)
     return {k: v.to(device) for k, v in batch.items()} if device is not None else batch
 
 
@@ -70,8 +78,9 @@ def fit_decoder(network: IMedSAM, examples: Sequence[EncodedExample], steps: int
     losses = []
     for step in range(steps):
         chosen = [examples[i] for i in rng.integers(0, len(examples), batch_size)]
-        batch = make_batch(chosen, rng, n_points)
-        outputs = network.forward_train(batch["embedding"], batch["boxes"], batch["extent"], batch["points"])
+        batch = make_batch(chosen, rng, n_points, patch_size=network.config.decoder.fine_image_patch)
+        outputs = network.forward_train(batch["embedding"], batch["boxes"], batch["extent"], batch["points"],
+                                        batch.get("patches"))
         loss = imedsam_loss(outputs, batch["labels"], progress=step / max(1, steps - 1))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -120,7 +120,8 @@ def evaluate(predictor: Predictor, samples: list[Sample], output_size: tuple[int
              baselines: bool = False) -> dict:
     """Mean Dice / IoU / HD95 with one box per sample, plus per-sample rows. Also: the coarse INR's
     Dice, the AUROC of uncertainty for the refined mask's wrong pixels inside the box region, and
-    with `baselines` the box-as-mask and GrabCut Dice / HD95 on the same boxes."""
+    with `baselines` the box-as-mask, GrabCut and the backbone's own SAM mask decoder Dice / HD95 on the
+    same boxes."""
     from .baselines import box_mask, grabcut_mask, uncertainty_auroc
 
     rows = []
@@ -140,8 +141,11 @@ def evaluate(predictor: Predictor, samples: list[Sample], output_size: tuple[int
         if baselines:
             box = box_mask(sample.mask.shape, sample.box_xyxy)
             grab = grabcut_mask(sample.image, sample.box_xyxy)
+            # The backbone's own mask decoder (zero-shot LiteMedSAM for `lite`) on the whole-slice embedding.
+            sam = predictor.sam_probability(predictor.embed(sample.image), sample.box_xyxy, truth.shape) > 0.5
             row.update(box_dice=dice(box, sample.mask), box_hd95=hd95(box, sample.mask),
-                       grabcut_dice=dice(grab, sample.mask), grabcut_hd95=hd95(grab, sample.mask))
+                       grabcut_dice=dice(grab, sample.mask), grabcut_hd95=hd95(grab, sample.mask),
+                       sam_dice=dice(sam, truth), sam_hd95=hd95(sam, truth))
         rows.append(row)
     summary: dict = {"n": len(rows), "rows": rows}
     for key in rows[0] if rows else ():
@@ -177,9 +181,10 @@ class TrainStep(nn.Module):
         self.network = network
         self.encode = encode
 
-    def forward(self, inputs: torch.Tensor, boxes: torch.Tensor, extent: torch.Tensor, points: torch.Tensor):
+    def forward(self, inputs: torch.Tensor, boxes: torch.Tensor, extent: torch.Tensor, points: torch.Tensor,
+                patches: torch.Tensor | None = None):
         embedding = self.network.encode(inputs) if self.encode else inputs
-        return self.network.forward_train(embedding, boxes, extent, points)
+        return self.network.forward_train(embedding, boxes, extent, points, patches)
 
 
 def distributed_rank() -> tuple[int, int]:
@@ -201,17 +206,22 @@ def zoom_samples(samples: list[Sample], margin: float) -> list[Sample]:
     return cropped
 
 
-def _pixels(sample: Sample, predictor: Predictor) -> tuple[torch.Tensor, Geometry]:
-    geometry = Geometry(sample.image.shape[0], sample.image.shape[1], predictor.network.config.encoder.img_size)
+def _pixels(sample: Sample, predictor: Predictor) -> Embedding:
+    """Encoder input pixels standing in for an embedding (the encoder trains), plus the normalised image."""
     window = UNIT if predictor.zoom else sample.window
-    return to_model_input(normalize_intensity(sample.image, window), geometry), geometry
+    return _pixel_embedding(normalize_intensity(sample.image, window), predictor)
+
+
+def _pixel_embedding(image01: np.ndarray, predictor: Predictor) -> Embedding:
+    geometry = Geometry(image01.shape[0], image01.shape[1], predictor.network.config.encoder.img_size)
+    kept = torch.from_numpy(np.ascontiguousarray(image01, dtype=np.float32)).permute(2, 0, 1).unsqueeze(0)
+    return Embedding(to_model_input(image01, geometry), geometry, (), kept)
 
 
 def _augmented_example(sample: Sample, predictor: Predictor, rng: np.random.Generator) -> EncodedExample:
     window = UNIT if predictor.zoom else sample.window
     image, mask, box = augment(normalize_intensity(sample.image, window), sample.mask, sample.box_xyxy, rng)
-    geometry = Geometry(image.shape[0], image.shape[1], predictor.network.config.encoder.img_size)
-    return EncodedExample(Embedding(to_model_input(image, geometry), geometry, ()), mask, box)
+    return EncodedExample(_pixel_embedding(np.ascontiguousarray(image, dtype=np.float32), predictor), mask, box)
 
 
 def train(loaded: LoadedModel, samples: list[Sample], options: TrainOptions, out_dir: str | Path,
@@ -280,10 +290,11 @@ def train(loaded: LoadedModel, samples: list[Sample], options: TrainOptions, out
             elif options.augment:  # fresh pixels each step; TrainStep encodes them with gradients
                 batch_examples = [_augmented_example(train_set[i], predictor, rng) for i in chosen]
             else:  # pixels stand in for embeddings; TrainStep encodes them with gradients
-                batch_examples = [EncodedExample(Embedding(pixels[i][0], pixels[i][1], ()), train_set[i].mask,
-                                                 train_set[i].box_xyxy) for i in chosen]
-            batch = make_batch(batch_examples, rng, options.n_points, device=loaded.device)
-            outputs = step_module(batch["embedding"], batch["boxes"], batch["extent"], batch["points"])
+                batch_examples = [EncodedExample(pixels[i], train_set[i].mask, train_set[i].box_xyxy) for i in chosen]
+            batch = make_batch(batch_examples, rng, options.n_points, device=loaded.device,
+                               patch_size=network.config.decoder.fine_image_patch)
+            outputs = step_module(batch["embedding"], batch["boxes"], batch["extent"], batch["points"],
+                                  batch.get("patches"))
             elapsed = _elapsed(start, world, loaded.device) if options.max_seconds else 0.0
             progress = run_progress(step, total_steps, elapsed, options.max_seconds)
             if options.cosine:

@@ -48,6 +48,10 @@ class Embedding:
     tensor: torch.Tensor  # (1, C, g, g)
     geometry: Geometry
     key: tuple
+    image: torch.Tensor | None = None  # (1, 3, H, W) normalised slice, kept for models whose Dec_f reads it
+
+    def with_tensors(self, tensor: torch.Tensor, image: torch.Tensor | None) -> Embedding:
+        return Embedding(tensor, self.geometry, self.key, image)
 
 
 def default_spill_root() -> Path:
@@ -58,13 +62,16 @@ def default_spill_root() -> Path:
 
 
 def _tensors_of(embedding: Embedding) -> dict[str, torch.Tensor]:
-    return {"embedding": embedding.tensor}
+    tensors = {"embedding": embedding.tensor}
+    if embedding.image is not None:
+        tensors["image"] = embedding.image
+    return tensors
 
 
 def _stored(embedding: Embedding) -> Embedding:
     """The form kept in the store: contiguous float16 on the CPU."""
     tensors = {k: v.detach().to("cpu", STORED_DTYPE).contiguous() for k, v in _tensors_of(embedding).items()}
-    return Embedding(tensors["embedding"], embedding.geometry, embedding.key)
+    return embedding.with_tensors(tensors["embedding"], tensors.get("image"))
 
 
 def _nbytes(embedding: Embedding) -> int:
@@ -214,7 +221,7 @@ class EmbeddingStore:
             return None
         self._disk.move_to_end(name)
         geometry = Geometry(int(meta["height"]), int(meta["width"]), int(meta["input_size"]))
-        return Embedding(tensors["embedding"], geometry, key)
+        return Embedding(tensors["embedding"], geometry, key, tensors.get("image"))
 
     def _unlink(self, name: str) -> None:
         self._disk.pop(name, None)
@@ -237,7 +244,7 @@ class EmbeddingStore:
 
 
 def _as_float(stored: Embedding) -> Embedding:
-    return Embedding(stored.tensor.float(), stored.geometry, stored.key)
+    return stored.with_tensors(stored.tensor.float(), None if stored.image is None else stored.image.float())
 
 
 def _remove_dead_folders(root: Path) -> None:

@@ -134,14 +134,21 @@ class Predictor:
         if cached is not None:
             return self._on_device(cached)
         geometry = Geometry(image.shape[0], image.shape[1], self.network.config.encoder.img_size)
-        pixels = to_model_input(normalize_intensity(image, window), geometry).to(self.device)
+        normalized = normalize_intensity(image, window)
+        pixels = to_model_input(normalized, geometry).to(self.device)
         with torch.inference_mode():
             tensor = self.network.encode(pixels)
-        return self._on_device(self.cache.put(Embedding(tensor, geometry, key)))
+        kept = None
+        if self.network.config.decoder.fine_image_patch:
+            kept = torch.from_numpy(normalized).permute(2, 0, 1).unsqueeze(0)
+        return self._on_device(self.cache.put(Embedding(tensor, geometry, key, kept)))
 
     def _on_device(self, embedding: Embedding) -> Embedding:
         tensor = embedding.tensor.to(self.device)
-        return embedding if tensor is embedding.tensor else Embedding(tensor, embedding.geometry, embedding.key)
+        image = None if embedding.image is None else embedding.image.to(self.device)
+        if tensor is embedding.tensor and image is embedding.image:
+            return embedding
+        return embedding.with_tensors(tensor, image)
 
     # ---- prediction -------------------------------------------------------------------------
     def predict(self, image: np.ndarray, box_xyxy, *, window: IntensityWindow | None = None,
@@ -192,8 +199,10 @@ class Predictor:
         geometry = embedding.geometry
         box_input = torch.as_tensor(geometry.box_to_input(box_xyxy), dtype=torch.float32, device=self.device)
         extent = torch.tensor(geometry.extent, dtype=torch.float32, device=self.device)
-        return self.network.prompt(embedding.tensor, box_input.view(1, 4), extent,
-                                   points=click_prompts(points, geometry, self.device))
+        prompt = self.network.prompt(embedding.tensor, box_input.view(1, 4), extent,
+                                     points=click_prompts(points, geometry, self.device))
+        prompt.image = embedding.image
+        return prompt
 
     def predict_embedding(self, embedding: Embedding, box_xyxy, *, output_size: tuple[int, int] | None = None,
                           dense: bool = False, points: np.ndarray | None = None) -> Prediction:

