@@ -216,7 +216,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
     from src_train.data import load_folder
-    from src_train.trainer import evaluate
+
+    from .evaluation import evaluate
 
     size = parse_size(args.size)
     samples = load_folder(args.images, args.masks)

@@ -21,7 +21,7 @@ import torch
 from torch import distributed as dist
 from torch import nn
 
-from napari_imedsam.evaluation import dice, hd95, iou
+from napari_imedsam.evaluation import evaluate  # noqa: F401 - also this module's API before evaluation.py
 from napari_imedsam.inference.predictor import Embedding, Predictor
 from napari_imedsam.inference.preprocess import UNIT, Geometry, normalize_intensity, to_model_input, zoom_region
 from napari_imedsam.model.registry import LoadedModel
@@ -114,46 +114,6 @@ class TrainReport:
         if self.n_val < 3:
             line += f"; only {self.n_val} held back, so this is a rough check: add more samples (accept more slices)"
         return line
-
-
-def evaluate(predictor: Predictor, samples: list[Sample], output_size: tuple[int, int] | None = None,
-             baselines: bool = False) -> dict:
-    """Mean Dice / IoU / HD95 with one box per sample, plus per-sample rows. Also: the coarse INR's
-    Dice, the AUROC of uncertainty for the refined mask's wrong pixels inside the box region, and
-    with `baselines` the box-as-mask, GrabCut and the backbone's own SAM mask decoder Dice / HD95 on the
-    same boxes."""
-    from .baselines import box_mask, grabcut_mask, uncertainty_auroc
-
-    rows = []
-    for sample in samples:
-        truth = sample.mask
-        result = predictor.predict(sample.image, sample.box_xyxy, output_size=output_size, window=sample.window)
-        if output_size is not None and output_size != truth.shape:
-            from skimage.transform import resize
-
-            truth = resize(truth.astype(np.float32), output_size, order=1) > 0.5
-        prediction = result.refined_mask
-        r0, r1, c0, c1 = result.roi
-        errors = (prediction != truth)[r0:r1, c0:c1]
-        row = {"name": sample.name, "dice": dice(prediction, truth), "iou": iou(prediction, truth),
-               "hd95": hd95(prediction, truth), "coarse_dice": dice(result.coarse_prob > 0.5, truth),
-               "uncertainty_auroc": uncertainty_auroc(result.uncertainty[r0:r1, c0:c1], errors)}
-        if baselines:
-            box = box_mask(sample.mask.shape, sample.box_xyxy)
-            grab = grabcut_mask(sample.image, sample.box_xyxy)
-            # The backbone's own mask decoder (zero-shot LiteMedSAM for `lite`) on the whole-slice embedding.
-            sam = predictor.sam_probability(predictor.embed(sample.image), sample.box_xyxy, truth.shape) > 0.5
-            row.update(box_dice=dice(box, sample.mask), box_hd95=hd95(box, sample.mask),
-                       grabcut_dice=dice(grab, sample.mask), grabcut_hd95=hd95(grab, sample.mask),
-                       sam_dice=dice(sam, truth), sam_hd95=hd95(sam, truth))
-        rows.append(row)
-    summary: dict = {"n": len(rows), "rows": rows}
-    for key in rows[0] if rows else ():
-        if key == "name":
-            continue
-        values = [r[key] for r in rows if math.isfinite(r[key])]
-        summary[key] = float(np.mean(values)) if values else float("nan")
-    return summary
 
 
 def _trainable(network, mode: str, options: TrainOptions) -> list[dict]:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from napari_imedsam._sample_data import CT_SAMPLES, load_ct_slice
+from napari_imedsam.baselines import box_mask
 from napari_imedsam.evaluation import dice
 from napari_imedsam.inference.predictor import Predictor
 from napari_imedsam.inference.preprocess import box_of_mask
 from napari_imedsam.model.registry import PACKAGE_DIR, REGISTRY, default_model, load_model
 from napari_imedsam.model.weights import read_safetensors
-from src_train.baselines import box_mask
 
 
 def test_bundled_model_is_the_default_and_records_its_recipe():

@@ -65,9 +65,9 @@ def test_augmentation_keeps_mask_and_box_together():
 
 
 def test_baselines_and_uncertainty_auroc_on_known_inputs():
+    from napari_imedsam.baselines import box_mask, grabcut_mask, uncertainty_auroc
     from napari_imedsam.evaluation import dice
     from napari_imedsam.io.phantoms import ellipse_phantoms
-    from src_train.baselines import box_mask, grabcut_mask, uncertainty_auroc
 
     box = box_mask((10, 12), np.array([2.0, 3.0, 5.0, 7.0]))
     assert box.sum() == 4 * 5 and box[3, 2] and box[7, 5] and not box[8, 5]

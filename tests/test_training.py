@@ -254,8 +254,8 @@ def test_fine_mode_trains_only_the_fine_inr_and_the_recipe_packages_both_stages(
 def test_fine_tuning_inherits_how_the_model_is_used_and_never_returns_worse(tmp_path):
     """The bundled demo model runs with zoom: training must measure and save it that way, and a run
     that cannot beat the starting weights on the held-back samples keeps them."""
+    from napari_imedsam.evaluation import evaluate
     from napari_imedsam.model.registry import load_model
-    from src_train.trainer import evaluate
 
     export_slices(tmp_path / "data", phantom_slices(6))
     samples = load_dataset(tmp_path / "data")
@@ -288,3 +288,14 @@ def test_next_click_is_inside_the_largest_error_region():
     prediction[5:25, 5:12] = True
     assert next_click(prediction, truth)[2] is False
     assert next_click(truth, truth) is None
+
+
+def test_click_summary_counts_clicks_to_a_dice_and_keeps_never_at_the_maximum():
+    from napari_imedsam.evaluation import click_summary
+
+    curves = [[0.80, 0.86, 0.91, 0.95], [0.92, 0.92, 0.92, 0.92], [0.50, 0.60, 0.70, 0.80]]
+    summary = click_summary(curves, max_clicks=3, reported=(0, 1, 3))
+    assert summary["dice_at_clicks"] == {"0": round((0.80 + 0.92 + 0.50) / 3, 4), "1": round(2.38 / 3, 4),
+                                         "3": round(2.67 / 3, 4)}
+    assert summary["noc85"] == round((1 + 0 + 3) / 3, 3)  # the third never reaches 0.85: counted as 3
+    assert summary["noc90"] == round((2 + 0 + 3) / 3, 3)

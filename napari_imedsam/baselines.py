@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_imedsam.inference.preprocess import normalize_intensity
+from .inference.preprocess import normalize_intensity
 
 
 def box_mask(shape_hw: tuple[int, int], box_xyxy: np.ndarray) -> np.ndarray:

@@ -1,0 +1,103 @@
+"""The interactive benchmark: a simulated user corrects each image with clicks after one tight box.
+
+    python benchmarks/bench_clicks.py --images DIR --masks DIR [--model demo] [--corrector FILE]
+                                      [--max-clicks 10] [--limit N] [--json]
+
+Box first; then each click goes to the centre of the largest remaining error region (positive in a
+miss, negative in a false alarm: `napari_imedsam.evaluation.next_click`), with the box and all
+earlier clicks, up to `--max-clicks`. Printed: mean Dice after 0, 1, 3, 5 clicks (`dice_at_clicks`,
+a finished image keeps its Dice), NoC@85 and NoC@90 (mean clicks to reach that Dice; `max_clicks`
+when never). With `--corrector`, the same user may instead accept one suggestion of the Dual False
+Corrector per step (the region that helps most, when one helps): `corrector_` keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import warnings
+
+import numpy as np
+from scipy import ndimage
+
+from napari_imedsam.evaluation import click_summary, dice, next_click
+from napari_imedsam.inference.predictor import Predictor
+from napari_imedsam.model.registry import load_model
+from src_train.data import load_folder
+
+
+def best_suggestion(suggestions, mask: np.ndarray, truth: np.ndarray) -> np.ndarray | None:
+    """The mask after accepting the one suggested region that raises Dice most (None if none does)."""
+    best, best_dice = None, dice(mask, truth)
+    for regions, value in ((suggestions.remove, False), (suggestions.add, True)):
+        for index in range(1, int(regions.max()) + 1):
+            candidate = mask.copy()
+            candidate[regions == index] = value
+            score = dice(candidate, truth)
+            if score > best_dice:
+                best, best_dice = candidate, score
+    return best
+
+
+def simulate(predictor: Predictor, sample, max_clicks: int, corrector=None) -> list[float]:
+    """Dice after 0..max_clicks interactions on one sample."""
+    from napari_imedsam.inference.correction import suggest
+
+    truth = sample.mask.astype(bool)
+    points: list[tuple[float, float, float]] = []
+    result = predictor.predict(sample.image, sample.box_xyxy, window=sample.window)
+    mask = result.refined_mask.copy()
+    scores = [dice(mask, truth)]
+    for _ in range(max_clicks):
+        if corrector is not None:
+            accepted = best_suggestion(suggest(corrector, result, sample.image, sample.window), mask, truth)
+            if accepted is not None:
+                mask = accepted
+                scores.append(dice(mask, truth))
+                continue
+        click = next_click(mask, truth)
+        if click is None:
+            scores.append(scores[-1])
+            continue
+        row, col, positive = click
+        points.append((float(col), float(row), 1.0 if positive else 0.0))
+        result = predictor.predict(sample.image, sample.box_xyxy, window=sample.window, points=np.array(points))
+        mask = result.refined_mask.copy()
+        scores.append(dice(mask, truth))
+    return scores
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", required=True)
+    parser.add_argument("--masks", required=True)
+    parser.add_argument("--model", default="demo")
+    parser.add_argument("--corrector", default=None, help="a Dual False Corrector file for the model")
+    parser.add_argument("--max-clicks", type=int, default=10)
+    parser.add_argument("--limit", type=int, default=0, help="first N images only (0: all)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = load_model(args.model)
+    predictor = Predictor(loaded)
+    samples = load_folder(args.images, args.masks)
+    samples = [s for s in samples if ndimage.label(s.mask)[1] > 0]
+    samples = samples[:args.limit] if args.limit else samples
+    row = {"model": args.model, "n": len(samples), "max_clicks": args.max_clicks}
+    row.update(click_summary([simulate(predictor, s, args.max_clicks) for s in samples], args.max_clicks))
+    if args.corrector:
+        from napari_imedsam.model.corrector import load_corrector
+
+        corrector = load_corrector(args.corrector, base_sha256=loaded.weights_sha256)
+        row.update(click_summary([simulate(predictor, s, args.max_clicks, corrector) for s in samples],
+                                 args.max_clicks, "corrector_"))
+    if args.json:
+        print(json.dumps(row))
+    else:
+        for key, value in row.items():
+            print(f"{key}: {value}")
+
+
+if __name__ == "__main__":
+    main()
