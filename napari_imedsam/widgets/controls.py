@@ -56,9 +56,12 @@ def build(self: IMedSAMWidget) -> None:
     self.next_button = PushButton(text=f"Next uncertain slice [{key('napari-imedsam:next_uncertain_slice')}]")
     self.accept_button = PushButton(text=f"Accept slice [{key('napari-imedsam:accept_slice')}]")
     self.undo_button = PushButton(text=f"Undo last result [{key('napari-imedsam:undo')}]")
-    self.positive_button = PushButton(text=f"+ clicks [{key('napari-imedsam:positive_clicks')}]")
-    self.negative_button = PushButton(text=f"- clicks [{key('napari-imedsam:negative_clicks')}]")
-    self.boxes_button = PushButton(text=f"boxes [{key('napari-imedsam:draw_boxes')}]")
+    self.positive_button = PushButton(text=f"+ [{key('napari-imedsam:positive_clicks')}]",
+                                      tooltip="positive clicks: where the mask misses the object")
+    self.negative_button = PushButton(text=f"\u2212 [{key('napari-imedsam:negative_clicks')}]",
+                                      tooltip="negative clicks: where the mask covers too much")
+    self.boxes_button = PushButton(text=f"boxes [{key('napari-imedsam:draw_boxes')}]",
+                                   tooltip="back to drawing boxes (every box is a new object)")
     self.suggestion_button = PushButton(
         text=f"Accept suggestion under cursor [{key('napari-imedsam:accept_suggestion')}]")
     self.all_suggestions_button = PushButton(
@@ -80,7 +83,7 @@ def build(self: IMedSAMWidget) -> None:
         self.image_combo, self.model_combo, self.checkpoint, self.device_combo, self.adapters, self.corrector_file,
         self.load_button, self.window_combo, self.show_uncertainty,
         Container(widgets=[self.positive_button, self.negative_button, self.boxes_button], layout="horizontal",
-                  labels=False),
+                  label="clicks"),
         self.undo_button, self.suggestion_button,
         self.all_suggestions_button, self.dismiss_button, self.accept_button, self.next_button,
         self.propagate_button, self.cancel_button, Label(value="<b>Fine-tuning</b>"), self.workdir,
@@ -91,7 +94,12 @@ def build(self: IMedSAMWidget) -> None:
     scroll.setWidgetResizable(True)
     scroll.setFrameShape(QFrame.Shape.NoFrame)
     scroll.setWidget(self.controls.native)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
     layout = QVBoxLayout()
     layout.addWidget(self.status)  # feedback first, always visible
     layout.addWidget(scroll)
     self.setLayout(layout)
+    # wide enough for every control: napari sizes the dock from this, nothing is cut off
+    margins = layout.contentsMargins()
+    self.setMinimumWidth(self.controls.native.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width()
+                         + margins.left() + margins.right() + 4)
