@@ -188,7 +188,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     options = TrainOptions(mode=args.mode, epochs=args.epochs, max_seconds=args.max_seconds, seed=args.seed,
                            batch_size=args.batch_size, n_points=args.points, zoom=args.zoom,
-                           augment=args.augment, val_fraction=args.val_fraction)
+                           augment=args.augment, val_fraction=args.val_fraction, clicks=args.clicks)
     check_options(options)  # before anything is loaded, trained or written
     check_name(args.name)
     rank = _init_distributed()  # "auto" then means this rank's GPU (set_device) or the CPU
@@ -291,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--points", type=int, default=1024, help="query points per sample and step")
     train.add_argument("--augment", action="store_true", help="flips, turns, intensity jitter (adapters/full)")
     train.add_argument("--val-fraction", type=float, default=0.2, help="share of samples held back for validation")
+    train.add_argument("--clicks", type=float, default=0.0,
+                       help="fraction of batches trained with 1-3 simulated clicks per sample (0-1)")
     train.set_defaults(func=cmd_train)
 
     evaluate = sub.add_parser("evaluate", help="Dice / IoU / HD95 with one tight box per image")

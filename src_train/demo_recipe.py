@@ -127,8 +127,22 @@ def package(trained: Path, fine_stage: Path, target: Path, counts: dict, recipe:
     return atomic_save_safetensors(half, target, header)
 
 
+def package_clicks(clicked: Path, start: Path, target: Path, counts: dict, recipe: str) -> Path:
+    """The click stage's model, whole, in float16, its header the start's plus the click stage's."""
+    from napari_imedsam.model.registry import load_model
+    from napari_imedsam.model.weights import atomic_save_safetensors, read_safetensors
+
+    _, header = read_safetensors(start)
+    _, click_header = read_safetensors(clicked)
+    network = load_model(clicked, progress=False).network
+    half = {k: (v.half() if v.is_floating_point() else v) for k, v in network.state_dict().items()}
+    header = {**header, "recipe": recipe,
+              "click_stage": {k: click_header.get(k) for k in ("options", "metrics", "metrics_before", "time")}}
+    return atomic_save_safetensors(half, target, header)
+
+
 def _train(model: str | Path, mode: str, data: Path, minutes: float, seed: int, out: Path, name: str,
-           augment: bool = False) -> Path:
+           augment: bool = False, **extra) -> Path:
     """One stage: the trainer on the recipe's data, with zoom, for `minutes` of wall time."""
     from napari_imedsam.model.registry import load_model
 
@@ -136,7 +150,7 @@ def _train(model: str | Path, mode: str, data: Path, minutes: float, seed: int, 
     from .trainer import TrainOptions, train
 
     options = TrainOptions(mode=mode, zoom=True, augment=augment, epochs=100_000, max_seconds=minutes * 60,
-                           seed=seed, batch_size=8, val_fraction=0.1)
+                           seed=seed, batch_size=8, val_fraction=0.1, **extra)
     report = train(load_model(str(model), device="cpu"), load_dataset(data), options, out, name=name,
                    command=f"src_train.demo_recipe stage {mode}")
     return report.version_path
@@ -148,22 +162,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("artifacts/demo_recipe"))
     parser.add_argument("--minutes", type=float, default=55.0, help="first stage: every weight (full mode)")
     parser.add_argument("--fine-minutes", type=float, default=5.0, help="second stage: the fine INR alone")
+    parser.add_argument("--click-minutes", type=float, default=0.0,
+                        help="third stage: every weight again, half the batches with simulated clicks")
+    parser.add_argument("--from-stages", type=Path, default=None,
+                        help="skip stages 1-2: start the click stage from this packaged model")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--prepare-only", action="store_true")
     parser.add_argument("--install", action="store_true",
                         help=f"write the result over the bundled model ({BUNDLED}) instead of WORK/{BUNDLED.name}")
     args = parser.parse_args(argv)
     recipe = ("python -m src_train.demo_recipe --shared ../shared/data --work artifacts/demo_recipe "
-              f"--minutes {args.minutes:g} --fine-minutes {args.fine_minutes:g} --seed {args.seed}"
+              f"--minutes {args.minutes:g} --fine-minutes {args.fine_minutes:g} --click-minutes {args.click_minutes:g}"
+              f" --seed {args.seed}" + (f" --from-stages {args.from_stages}" if args.from_stages else "")
               + (" --install" if args.install else ""))
     counts = build(args.shared, args.work, seed=args.seed)
     print(json.dumps(counts, indent=2))
     if args.prepare_only:
         return 0
     data, out = args.work / "train", args.work / "out"
-    trained = _train("tiny", "full", data, args.minutes, args.seed, out, "demo", augment=True)
-    fine = _train(trained, "fine", data, args.fine_minutes, args.seed, out, "demo_fine")
-    target = package(trained, fine, BUNDLED if args.install else args.work / BUNDLED.name, counts, recipe)
+    target = BUNDLED if args.install else args.work / BUNDLED.name
+    if args.from_stages is None:
+        trained = _train("tiny", "full", data, args.minutes, args.seed, out, "demo", augment=True)
+        fine = _train(trained, "fine", data, args.fine_minutes, args.seed, out, "demo_fine")
+        packaged = package(trained, fine, args.work / "stages_1_2.safetensors" if args.click_minutes else target,
+                           counts, recipe)
+    else:
+        packaged = args.from_stages
+    if args.click_minutes:  # clicks: the prompt path learns what a positive / negative click means
+        clicked = _train(packaged, "full", data, args.click_minutes, args.seed, out, "demo_clicks", augment=True,
+                         clicks=0.5, lr_encoder=1e-4, lr_decoder=3e-4, keep_start=False)
+        target = package_clicks(clicked, packaged, target, counts, recipe)
     print(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB)")
     return 0
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from napari_imedsam.inference.predictor import Embedding
 from napari_imedsam.inference.preprocess import normalized_points, region_around_box
@@ -37,17 +38,46 @@ def decoder_parameters(network: IMedSAM) -> list[torch.nn.Parameter]:
     return [p for group in DECODER_GROUPS for _, p in groups[group]]
 
 
+def sample_clicks(mask: np.ndarray, region: tuple[int, int, int, int], count: int,
+                  rng: np.random.Generator) -> np.ndarray:
+    """`count` simulated user clicks as (x, y, positive) rows: positive ones on the object (away from its
+    border when it is thick enough), negative ones on the background of the box region, away from the
+    object: where a loose box's mask spills over."""
+    r0, r1, c0, c1 = region
+    inside = ndimage.binary_erosion(mask, iterations=2)
+    inside = inside if inside.any() else mask
+    near = ndimage.binary_dilation(mask, iterations=3)
+    background = np.zeros_like(mask)
+    background[r0:r1, c0:c1] = ~near[r0:r1, c0:c1]
+    rows = []
+    for _ in range(count):
+        positive = bool(rng.random() < 0.5) or not background.any()
+        where = np.argwhere(inside if positive else background)
+        row, col = where[rng.integers(len(where))]
+        rows.append((float(col), float(row), 1.0 if positive else 0.0))
+    return np.asarray(rows)
+
+
 def make_batch(examples: Sequence[EncodedExample], rng: np.random.Generator, n_points: int,
                boundary_fraction: float = 0.5, box_jitter: float = 0.05, device: torch.device | None = None,
-               patch_size: int = 0) -> dict[str, torch.Tensor]:
+               patch_size: int = 0, clicks: float = 0.0) -> dict[str, torch.Tensor]:
     """Embeddings, jittered boxes (encoder pixels), extents, query points and labels for a batch; with
-    `patch_size` also each point's image patch (`patches`), from the examples' kept images."""
-    embeddings, boxes, extents, points, labels, patches = [], [], [], [], [], []
+    `patch_size` also each point's image patch (`patches`), from the examples' kept images. With
+    probability `clicks` the batch also carries 1-3 simulated clicks per example (`click_coords` in
+    encoder pixels, `click_labels` 1/0) and looser boxes, so the clicks carry what the box does not."""
+    n_clicks = int(rng.integers(1, 4)) if clicks and rng.random() < clicks else 0
+    embeddings, boxes, extents, points, labels, patches, coords, signs = [], [], [], [], [], [], [], []
     for example in examples:
         geometry = example.embedding.geometry
         shape = example.mask.shape
-        box = jitter_box(example.box, shape, rng, box_jitter) if box_jitter else example.box
+        jitter = box_jitter + (0.1 if n_clicks else 0.0)
+        box = jitter_box(example.box, shape, rng, jitter) if jitter else example.box
         region = region_around_box(box, shape)
+        if n_clicks:
+            chosen = sample_clicks(example.mask.astype(bool), region, n_clicks, rng)
+            coords.append(torch.as_tensor(np.stack([geometry.box_to_input(np.array([x, y, x, y]))[:2]
+                                                    for x, y, _ in chosen]), dtype=torch.float32))
+            signs.append(torch.as_tensor(chosen[:, 2], dtype=torch.int64))
         rc, target = sample_points(example.mask, region, n_points, boundary_fraction, rng)
         embeddings.append(example.embedding.tensor)
         boxes.append(torch.as_tensor(geometry.box_to_input(box), dtype=torch.float32))
@@ -62,6 +92,8 @@ def make_batch(examples: Sequence[EncodedExample], rng: np.random.Generator, n_p
              "extent": torch.stack(extents), "points": torch.stack(points), "labels": torch.stack(labels)}
     if patch_size:
         batch["patches"] = torch.stack(patches)
+    if n_clicks:
+        batch["click_coords"], batch["click_labels"] = torch.stack(coords), torch.stack(signs)
     return {k: v.to(device) for k, v in batch.items()} if device is not None else batch
 
 

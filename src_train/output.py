@@ -50,6 +50,8 @@ def check_options(options: TrainOptions) -> None:
                          f"got {options.max_seconds!r}")
     if not (number(options.val_fraction) and 0.0 <= options.val_fraction < 1.0):
         raise InputError(f"val-fraction must be in [0, 1), got {options.val_fraction!r}")
+    if not (number(getattr(options, "clicks", 0.0)) and 0.0 <= getattr(options, "clicks", 0.0) <= 1.0):
+        raise InputError(f"clicks must be a fraction in [0, 1], got {options.clicks!r}")
     for name in ("lr_adapters", "lr_decoder", "lr_encoder"):
         if not (number(getattr(options, name)) and getattr(options, name) > 0):
             raise InputError(f"{name} must be a positive number, got {getattr(options, name)!r}")

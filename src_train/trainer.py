@@ -63,6 +63,7 @@ class TrainOptions:
     steps: int | None = None  # total optimizer steps (overrides epochs); validation every `validate_every`
     validate_every: int | None = None  # steps between validations with `steps` (default: a tenth of them)
     keep_start: bool = True  # the starting weights compete with every validation round (never return worse)
+    clicks: float = 0.0  # fraction of batches with 1-3 simulated click prompts per example (and looser boxes)
 
 
 def run_progress(step: int, total_steps: int, elapsed: float, max_seconds: float | None) -> float:
@@ -142,9 +143,11 @@ class TrainStep(nn.Module):
         self.encode = encode
 
     def forward(self, inputs: torch.Tensor, boxes: torch.Tensor, extent: torch.Tensor, points: torch.Tensor,
-                patches: torch.Tensor | None = None):
+                patches: torch.Tensor | None = None, click_coords: torch.Tensor | None = None,
+                click_labels: torch.Tensor | None = None):
         embedding = self.network.encode(inputs) if self.encode else inputs
-        return self.network.forward_train(embedding, boxes, extent, points, patches)
+        clicks = None if click_coords is None else (click_coords, click_labels)
+        return self.network.forward_train(embedding, boxes, extent, points, patches, clicks)
 
 
 def distributed_rank() -> tuple[int, int]:
@@ -252,9 +255,9 @@ def train(loaded: LoadedModel, samples: list[Sample], options: TrainOptions, out
             else:  # pixels stand in for embeddings; TrainStep encodes them with gradients
                 batch_examples = [EncodedExample(pixels[i], train_set[i].mask, train_set[i].box_xyxy) for i in chosen]
             batch = make_batch(batch_examples, rng, options.n_points, device=loaded.device,
-                               patch_size=network.config.decoder.fine_image_patch)
+                               patch_size=network.config.decoder.fine_image_patch, clicks=options.clicks)
             outputs = step_module(batch["embedding"], batch["boxes"], batch["extent"], batch["points"],
-                                  batch.get("patches"))
+                                  batch.get("patches"), batch.get("click_coords"), batch.get("click_labels"))
             elapsed = _elapsed(start, world, loaded.device) if options.max_seconds else 0.0
             progress = run_progress(step, total_steps, elapsed, options.max_seconds)
             if options.cosine:

@@ -299,3 +299,36 @@ def test_click_summary_counts_clicks_to_a_dice_and_keeps_never_at_the_maximum():
                                          "3": round(2.67 / 3, 4)}
     assert summary["noc85"] == round((1 + 0 + 3) / 3, 3)  # the third never reaches 0.85: counted as 3
     assert summary["noc90"] == round((2 + 0 + 3) / 3, 3)
+
+
+def test_click_training_batches_carry_clicks_on_the_object_and_off_it_and_train_the_point_embeddings():
+    from src_train.fit import EncodedExample, make_batch, sample_clicks
+
+    rng = np.random.default_rng(0)
+    mask = np.zeros((64, 64), bool)
+    mask[20:40, 20:44] = True
+    clicks = sample_clicks(mask, (10, 50, 10, 54), 40, rng)
+    positive = clicks[:, 2] > 0
+    assert positive.any() and (~positive).any()
+    rows, cols = clicks[:, 1].astype(int), clicks[:, 0].astype(int)
+    assert mask[rows[positive], cols[positive]].all()  # positive clicks on the object
+    assert not mask[rows[~positive], cols[~positive]].any()  # negative clicks off it, inside the region
+    assert ((rows >= 10) & (rows < 50) & (cols >= 10) & (cols < 54)).all()
+
+    loaded = untrained()
+    predictor = Predictor(loaded)
+    example = EncodedExample(predictor.embed(np.random.default_rng(1).random((64, 64)).astype(np.float32)), mask)
+    batch = make_batch([example, example], rng, 64, clicks=1.0)
+    assert batch["click_coords"].shape[:2] == batch["click_labels"].shape and batch["click_coords"].shape[0] == 2
+    network = loaded.network
+    weight = network.prompt_encoder.point_embeddings[1].weight
+    weight.requires_grad_(True)
+    out = network.forward_train(batch["embedding"], batch["boxes"], batch["extent"], batch["points"],
+                                clicks=(batch["click_coords"], batch["click_labels"]))
+    out["coarse_logit"].sum().backward()
+    assert weight.grad is not None and weight.grad.abs().sum() > 0
+    assert "click_coords" not in make_batch([example], rng, 64, clicks=0.0)
+    with pytest.raises(Exception, match="clicks must be a fraction"):
+        from src_train.trainer import check_options
+
+        check_options(TrainOptions(clicks=1.5))

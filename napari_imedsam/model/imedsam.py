@@ -206,11 +206,13 @@ class IMedSAM(nn.Module):
         return mc_uncertainty(self.coarse_inr.mc_logits(coarse.trunk, masks, coarse.prior), dec.uncertainty)
 
     def forward_train(self, embedding: torch.Tensor, boxes: torch.Tensor, extent: torch.Tensor,
-                      points: torch.Tensor, patches: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                      points: torch.Tensor, patches: torch.Tensor | None = None,
+                      clicks: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Training pass at sampled points: coarse logits (dropout on) and fine logits at the
         UGS-selected points. Returns coarse_logit (B, P), fine_logit (B, K), fine_index (B, K).
-        `patches` (B, P, 3 k^2): the image around each point, for models whose Dec_f reads it."""
-        return self.train_outputs(self.prompt(embedding, boxes, extent), points, patches)
+        `patches` (B, P, 3 k^2): the image around each point, for models whose Dec_f reads it;
+        `clicks`: click prompts (coords (B, N, 2) in encoder pixels, labels (B, N)) with the boxes."""
+        return self.train_outputs(self.prompt(embedding, boxes, extent, points=clicks), points, patches)
 
     def train_outputs(self, prompt: BoxPrompt, points: torch.Tensor, patches: torch.Tensor | None = None
                       ) -> dict[str, torch.Tensor]:
