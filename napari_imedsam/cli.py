@@ -180,8 +180,39 @@ def _init_distributed() -> int:
     return dist.get_rank()
 
 
+def cmd_train_corrector(args: argparse.Namespace) -> int:
+    """`train --mode corrector`: the Dual False Corrector on a frozen model (OUT/correctors/NAME/vNNN)."""
+    from src_train.corrector import CorrectorOptions, train_corrector
+    from src_train.data import load_dataset
+    from src_train.trainer import check_name
+
+    if args.max_seconds is not None and not args.max_seconds > 0:
+        raise InputError(f"max-seconds must be a positive number of seconds, got {args.max_seconds!r}")
+    if not 0.0 <= args.val_fraction < 1.0:
+        raise InputError(f"val-fraction must be in [0, 1), got {args.val_fraction!r}")
+    if args.steps < 1:
+        raise InputError(f"steps must be a whole number of at least 1, got {args.steps!r}")
+    check_name(args.name)
+    options = CorrectorOptions(steps=args.steps, seed=args.seed, val_fraction=args.val_fraction,
+                               max_seconds=args.max_seconds)
+    samples = load_dataset(args.data)
+    loaded = _load(args)
+    print(f"training a corrector for {loaded.model_id} on {len(samples)} samples from {args.data}")
+    report = train_corrector(loaded, samples, options, args.out, name=args.name,
+                             command="imedsam " + " ".join(sys.argv[1:]))
+    before, after = report.before.get("dice"), report.after.get("dice")
+    if before is not None and after is not None:
+        print(f"held-back Dice: refined {before:.4f} -> corrected {after:.4f}"
+              + ("" if report.helps else " (the corrector did not help: it is saved as trained, flagged helps=false)"))
+    print(f"saved {report.path}")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import hashlib
+
+    if args.mode == "corrector":
+        return cmd_train_corrector(args)
 
     from src_train.data import load_dataset
     from src_train.trainer import TrainOptions, check_name, check_options, train
@@ -227,7 +258,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         config = loaded.network.config
         loaded.network.config = replace(config, decoder=replace(config.decoder, uncertainty=args.uncertainty))
-    metrics = evaluate(Predictor(loaded, zoom=args.zoom), samples, output_size=size, baselines=args.baselines)
+    corrector = None
+    if args.corrector:
+        from .model.corrector import load_corrector
+
+        corrector = load_corrector(args.corrector, base_sha256=loaded.weights_sha256)
+    metrics = evaluate(Predictor(loaded, zoom=args.zoom), samples, output_size=size, baselines=args.baselines,
+                       corrector=corrector)
     if args.json:
         for row in metrics["rows"]:  # NaN / infinity (e.g. HD95 of an empty mask) as null: strict JSON
             print(json.dumps(json_safe(row), allow_nan=False))
@@ -242,6 +279,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                   f"(HD95 {metrics['box_hd95']:.2f}), GrabCut Dice {metrics['grabcut_dice']:.4f} "
                   f"(HD95 {metrics['grabcut_hd95']:.2f}), the backbone's own mask decoder Dice "
                   f"{metrics['sam_dice']:.4f} (HD95 {metrics['sam_hd95']:.2f})")
+        if corrector is not None:
+            print(f"  corrector: Dice {metrics['dice']:.4f} -> {metrics['corrected_dice']:.4f}; precision "
+                  f"{metrics['precision']:.4f} -> {metrics['corrected_precision']:.4f}, recall "
+                  f"{metrics['recall']:.4f} -> {metrics['corrected_recall']:.4f}")
     return 0
 
 
@@ -279,12 +320,13 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="fine-tune on an export or an images/ + masks/ folder")
     _add_model_args(train)
     train.add_argument("--data", required=True, help="export folder (prompts.jsonl) or folder with images/, masks/")
-    train.add_argument("--mode", default="decoder", choices=["decoder", "adapters", "full", "fine"],
+    train.add_argument("--mode", default="decoder", choices=["decoder", "adapters", "full", "fine", "corrector"],
                        help="decoder (CPU default), adapters (LoRA + FA + decoder), full (every weight), "
-                            "fine (the fine INR alone)")
+                            "fine (the fine INR alone), corrector (a Dual False Corrector on the frozen model)")
     train.add_argument("--out", required=True, help="output folder; versions go to OUT/adapters/NAME/vNNN")
     train.add_argument("--name", default="default")
     train.add_argument("--epochs", type=int, default=20)
+    train.add_argument("--steps", type=int, default=1500, help="optimizer steps (corrector mode)")
     train.add_argument("--max-seconds", type=float, default=None)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--batch-size", type=int, default=4)
@@ -306,6 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--baselines", action="store_true",
                           help="also score the box itself, GrabCut (OpenCV) and the backbone's own SAM mask "
                                "decoder (zero-shot LiteMedSAM for lite) on the same boxes")
+    evaluate.add_argument("--corrector", default=None,
+                          help="a Dual False Corrector file: also score the corrected mask (corrected_dice)")
     evaluate.set_defaults(func=cmd_evaluate)
     return parser
 

@@ -56,6 +56,13 @@ def hd95(prediction: np.ndarray, truth: np.ndarray, spacing: tuple[float, ...] |
     return float(np.percentile(distances, 95))
 
 
+def precision_recall(prediction: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """(|A∩B| / |A|, |A∩B| / |B|); 1.0 for an empty denominator."""
+    a, b = prediction.astype(bool), truth.astype(bool)
+    both = float((a & b).sum())
+    return (both / a.sum() if a.any() else 1.0), (both / b.sum() if b.any() else 1.0)
+
+
 def next_click(prediction: np.ndarray, truth: np.ndarray) -> tuple[int, int, bool] | None:
     """Where a user clicks next to fix `prediction`: the centre of the largest error region.
 
@@ -96,11 +103,13 @@ def click_summary(curves: Sequence[Sequence[float]], max_clicks: int, prefix: st
 
 
 def evaluate(predictor: Predictor, samples: Sequence[BoxSample], output_size: tuple[int, int] | None = None,
-             baselines: bool = False) -> dict:
+             baselines: bool = False, corrector=None) -> dict:
     """Mean Dice / IoU / HD95 with one box per sample, plus per-sample rows. Also: the coarse INR's
     Dice, the AUROC of uncertainty for the refined mask's wrong pixels inside the box region, and
     with `baselines` the box-as-mask, GrabCut and the backbone's own SAM mask decoder Dice / HD95 on the
-    same boxes."""
+    same boxes. With a Dual False `corrector`: the corrected mask's Dice (`corrected_dice`) and the
+    precision / recall before and after it (each branch's effect: removals raise precision,
+    additions recall)."""
     from .baselines import box_mask, grabcut_mask, uncertainty_auroc
 
     rows = []
@@ -126,6 +135,13 @@ def evaluate(predictor: Predictor, samples: Sequence[BoxSample], output_size: tu
             row.update(box_dice=dice(box, sample.mask), box_hd95=hd95(box, sample.mask),
                        grabcut_dice=dice(grab, sample.mask), grabcut_hd95=hd95(grab, sample.mask),
                        sam_dice=dice(sam, truth), sam_hd95=hd95(sam, truth))
+        if corrector is not None:
+            from .inference.correction import suggest
+
+            corrected = suggest(corrector, result, sample.image, sample.window).corrected_mask
+            (p0, r0_), (p1, r1_) = precision_recall(prediction, truth), precision_recall(corrected, truth)
+            row.update(corrected_dice=dice(corrected, truth), precision=p0, recall=r0_, corrected_precision=p1,
+                       corrected_recall=r1_)
         rows.append(row)
     summary: dict = {"n": len(rows), "rows": rows}
     for key in rows[0] if rows else ():

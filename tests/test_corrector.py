@@ -94,3 +94,34 @@ def test_accepted_suggestions_are_user_edits_and_undo_as_one_step():
     assert (session.labels[4:6, 4:14] == 1).all() and not session.user_edited[4:6].any()
     session.undo()  # the addition
     assert not session.labels[14:16].any() and not session.user_edited.any()
+
+
+def test_cli_trains_a_corrector_and_evaluate_reports_the_corrected_dice(tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from napari_imedsam.cli import main
+
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    for i, (image, mask) in enumerate(ellipse_phantoms(6, seed=5)):
+        Image.fromarray((image.clip(0, 1) * 255).astype(np.uint8)).save(images / f"p{i}.png")
+        Image.fromarray(mask.astype(np.uint8) * 255).save(masks / f"p{i}.png")
+    assert main(["train", "--model", "tiny", "--mode", "corrector", "--data", str(tmp_path), "--steps", "5",
+                 "--out", str(tmp_path / "out"), "--name", "ellipses"]) == 0
+    out = capsys.readouterr().out
+    path = tmp_path / "out" / "correctors" / "ellipses" / "v001.safetensors"
+    assert "held-back Dice: refined" in out and str(path) in out
+    assert main(["evaluate", "--model", "tiny", "--corrector", str(path), "--images", str(images), "--masks",
+                 str(masks), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"corrected_dice", "precision", "recall", "corrected_precision", "corrected_recall"} <= set(summary)
+    assert 0.0 <= summary["corrected_dice"] <= 1.0
+    assert main(["train", "--model", "tiny", "--mode", "corrector", "--data", str(tmp_path), "--steps", "0",
+                 "--out", str(tmp_path / "out")]) == 2
+    assert "steps must be a whole number" in capsys.readouterr().err
+    assert main(["evaluate", "--model", "demo", "--corrector", str(path), "--images", str(images), "--masks",
+                 str(masks)]) == 2  # trained on another base model
+    assert "another base model" in capsys.readouterr().err
