@@ -19,6 +19,7 @@ except PackageNotFoundError:  # a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
 _API = {
+    "evaluation": "napari_imedsam",
     "load_model": "napari_imedsam.model.registry",
     "LoadedModel": "napari_imedsam.model.registry",
     "default_model": "napari_imedsam.model.catalog",
@@ -37,6 +38,8 @@ __all__ = ["__version__", *_API]
 
 
 def __getattr__(name: str):
+    if name == "evaluation":  # a module: metrics, next_click, evaluate
+        return import_module("napari_imedsam.evaluation")
     if name in _API:
         return getattr(import_module(_API[name]), name)
     raise AttributeError(f"module 'napari_imedsam' has no attribute {name!r}")

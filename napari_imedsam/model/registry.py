@@ -155,10 +155,10 @@ def _load_file(path: Path, config_name: str | None, input_size: int | None) -> t
 
 
 def load_model(
-    model: str | os.PathLike = "sam_vit_b",
+    model: str | os.PathLike | None = None,
     *,
     input_size: int | None = None,
-    device: str = "cpu",
+    device: str = "auto",
     adapters: str | os.PathLike | None = None,
     config_name: str | None = None,
     progress: bool = True,
@@ -171,9 +171,10 @@ def load_model(
     - a `.safetensors` whole-model file written by `save_model` (config in its header);
     - a config name (`tiny`, `vit_b`) gives an untrained network, for tests and training from scratch:
       initialised from `seed` (the global RNG is left alone), identified by a hash of its weights.
-    `input_size` overrides the encoder input size (position tables are interpolated).
+    `input_size` overrides the encoder input size (position tables are interpolated). The defaults
+    are the CLI's and the dock's: the default model (`default_model()`) on the best device ("auto").
     """
-    key = str(model)
+    key = str(default_model() if model is None else model)
     torch_device = resolve_device(device)
     if key in REGISTRY:
         spec = REGISTRY[key]
