@@ -52,7 +52,7 @@ def phase_decoder(args) -> dict:
     report = train(loaded, train_set, TrainOptions(mode="decoder", epochs=10_000, max_seconds=args.budget,
                                                    seed=args.seed), args.out, name="bench_decoder")
     seconds = time.perf_counter() - start
-    after = evaluate(Predictor(loaded), eval_set)
+    after = evaluate(Predictor(report.model), eval_set)
     return {"phase": "decoder", "model": args.model, "n_train": len(train_set), "n_eval": len(eval_set),
             "budget_s": args.budget, "train_s": seconds, "steps": report.steps, "steps_per_s": report.steps / seconds,
             "dice_before": before["dice"], "dice_after": after["dice"], "hd95_before": before["hd95"],

@@ -236,7 +236,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"{result.summary}; {result.steps} steps in {result.seconds:.0f} s")
     print(f"saved {result.version_path}")
     digest = hashlib.sha256()
-    for key, value in sorted(loaded.network.state_dict().items()):
+    for key, value in sorted(result.model.network.state_dict().items()):
         digest.update(key.encode())
         digest.update(value.detach().cpu().contiguous().numpy().tobytes())
     print(f"rank {rank} final weights sha256 {digest.hexdigest()}")

@@ -10,6 +10,7 @@ and 1e-3 for the decoder parts (full mode trains the encoder's own weights at `l
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -102,6 +103,7 @@ class TrainReport:
     n_train: int = 0
     n_val: int = 0  # held-back samples "before" and "after" were measured on
     kept_base: bool = False  # no validation round beat the starting weights: they were kept
+    model: LoadedModel | None = None  # the trained model (a new one: `train` never changes its argument)
 
     @property
     def summary(self) -> str:
@@ -191,9 +193,11 @@ def train(loaded: LoadedModel, samples: list[Sample], options: TrainOptions, out
           name: str = "default", on_epoch: Callable[[dict], None] | None = None,
           should_stop: Callable[[], bool] | None = None, command: str = "",
           on_step: Callable[[int, int], None] | None = None) -> TrainReport:
-    """Fit, validate each epoch, keep the best weights (the starting ones included) and save them as a
-    new version. `on_step(step, total)` reports progress; `should_stop()` is checked every step."""
+    """Fit a copy of `loaded`, validate each epoch, keep the best weights (the starting ones included),
+    save them as a new version and return them in the report (`report.model`); `loaded` itself is
+    never changed. `on_step(step, total)` reports progress; `should_stop()` is checked every step."""
     check_options(options)
+    loaded = copy.deepcopy(loaded)
     rank, world = distributed_rank()
     if rank == 0:  # before any work: the result can be written (folder, permissions, free space)
         saved = loaded.network.state_dict() if options.mode == "full" else trainable_state(loaded.network)
@@ -313,4 +317,5 @@ def train(loaded: LoadedModel, samples: list[Sample], options: TrainOptions, out
         path = max(folder.glob("v*.safetensors"))
     loaded.adapter_version = str(path)
     return TrainReport(path, before, after, history, step, time.perf_counter() - start, cancelled,
-                       n_train=len(train_set), n_val=len(val_set), kept_base=kept_base and bool(val_set))
+                       n_train=len(train_set), n_val=len(val_set), kept_base=kept_base and bool(val_set),
+                       model=loaded)

@@ -217,4 +217,4 @@ def test_trainer_decoder_mode_fine_tunes_the_lite_heads(tmp_path, liver):
                                                  val_fraction=0.34), tmp_path, name="lite")
     assert report.steps == 1 and report.version_path.is_file()
     reloaded = load_model("litemedsam", adapters=report.version_path)
-    assert torch.equal(reloaded.network.coarse_inr.head.weight, loaded.network.coarse_inr.head.weight)
+    assert torch.equal(reloaded.network.coarse_inr.head.weight, report.model.network.coarse_inr.head.weight)

@@ -138,8 +138,9 @@ def test_adapters_mode_trains_lora_and_frequency_adapters(tmp_path):
     lora_before = {n: p.clone() for n, p in loaded.network.parameter_groups()["lora"]}
     report = train(loaded, samples, TrainOptions(mode="adapters", epochs=2, batch_size=2, n_points=256),
                    tmp_path / "out")
-    changed = [n for n, p in loaded.network.parameter_groups()["lora"] if not torch.equal(p, lora_before[n])]
+    changed = [n for n, p in report.model.network.parameter_groups()["lora"] if not torch.equal(p, lora_before[n])]
     assert changed  # LoRA B moved away from zero
+    assert all(torch.equal(p, lora_before[n]) for n, p in loaded.network.parameter_groups()["lora"])  # untouched
     tensors, header = read_safetensors(report.version_path)
     assert header["mode"] == "adapters" and any("lora_" in k for k in tensors)
 
@@ -206,8 +207,8 @@ def test_training_is_deterministic_with_a_seed(tmp_path):
         torch.manual_seed(0)  # the same starting weights
         loaded = untrained()
         torch.manual_seed(123 + run)  # a different global state must not matter: train() seeds itself
-        train(loaded, samples, TrainOptions(mode="decoder", epochs=2, seed=5), tmp_path / f"out{run}")
-        weights.append(loaded.network.state_dict())
+        report = train(loaded, samples, TrainOptions(mode="decoder", epochs=2, seed=5), tmp_path / f"out{run}")
+        weights.append(report.model.network.state_dict())
     for key in weights[0]:
         assert torch.equal(weights[0][key], weights[1][key]), key
 
@@ -236,8 +237,9 @@ def test_fine_mode_trains_only_the_fine_inr_and_the_recipe_packages_both_stages(
     before = {k: v.clone() for k, v in loaded.network.state_dict().items()}
     options = TrainOptions(mode="fine", epochs=2, batch_size=2, n_points=256, keep_start=False)
     report = train(loaded, samples, options, tmp_path / "out")
-    after = loaded.network.state_dict()
+    after = report.model.network.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert all(torch.equal(v, loaded.network.state_dict()[k]) for k, v in before.items())  # a new model
     assert changed and all(k.startswith("fine_inr.") for k in changed)
 
     counts = {"train": 4, "train_manifest_sha256": "ab" * 32}

@@ -7,7 +7,6 @@ weights compete with every validation round, so the loaded result is never worse
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -131,7 +130,7 @@ class FineTuner:
             dock.set_status(f"Fine-tuning ({mode} mode) on {len(samples)} accepted objects: {steps} steps…")
             dock.workers.run("finetune", _train, candidate, samples, options, dock.workdir.value, folder.name,
                              lambda: self.cancelled, self.signal.step.emit,
-                             on_result=lambda report: self._finished(report, candidate), on_done=self._done)
+                             on_result=self._finished, on_done=self._done)
 
         dock.workers.run("finetune", _prepare, model, items, folder, on_result=prepared, on_error=failed)
 
@@ -147,13 +146,13 @@ class FineTuner:
         self.dock.progress.visible = False
         self.dock.cancel_finetune_button.enabled = False
 
-    def _finished(self, report, candidate) -> None:
+    def _finished(self, report) -> None:
         from ..model.weights import trainable_state
 
         self.last_report = report
         version = f"{report.version_path.parent.name}/{report.version_path.stem}"
         state = self.dock.state
-        state.versions[version] = ({k: v.clone() for k, v in trainable_state(candidate.network).items()},
+        state.versions[version] = ({k: v.clone() for k, v in trainable_state(report.model.network).items()},
                                    str(report.version_path))
         self.dock.version_combo.choices = list(state.versions)
         self.dock.version_combo.value = version  # loads it (see use_version)
@@ -174,8 +173,8 @@ class FineTuner:
 
 
 def _prepare(model, items: list, folder: Path) -> tuple[list, object]:
-    """Worker: write the new slices to the export, read the whole export back, and copy the model if
-    there is enough to train on (None if not)."""
+    """Worker: write the new slices to the export, read the whole export back; the model to train from
+    if there is enough to train on (None if not; the trainer trains a copy)."""
     from src_train.data import load_export
 
     from ..io.export import export_slices
@@ -183,11 +182,11 @@ def _prepare(model, items: list, folder: Path) -> tuple[list, object]:
     if items:
         export_slices(folder, items)
     samples = load_export(folder) if folder.exists() else []
-    return samples, (copy.deepcopy(model) if len(samples) >= 2 else None)
+    return samples, (model if len(samples) >= 2 else None)
 
 
 def _train(candidate, samples: list, options: dict, workdir: str, name: str, should_stop, on_step):
-    """Worker: fine-tune `candidate` (a copy of the live model) and save the new adapter version (the
+    """Worker: fine-tune a copy of `candidate` (the live model) and save the new adapter version (the
     trainer is imported here, not on the GUI thread)."""
     from src_train.trainer import TrainOptions, train
 
