@@ -58,22 +58,73 @@ def sample_clicks(mask: np.ndarray, region: tuple[int, int, int, int], count: in
     return np.asarray(rows)
 
 
+ERROR_GRID = 32  # the simulated user looks at the model's mask on this grid over the box region
+
+
+@torch.no_grad()
+def error_clicks(network: IMedSAM, batch: dict[str, torch.Tensor], examples: Sequence[EncodedExample],
+                 boxes_px: Sequence[np.ndarray], count: int, encode: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """`count` clicks per example where the network's own current mask is wrong, one after another (each
+    with the earlier ones as prompts): the centre of the largest error region, positive in a miss,
+    negative in a false alarm, as interactive-segmentation training does. Returns (coords (B, N, 2) in
+    encoder pixels, labels (B, N))."""
+    from napari_imedsam.evaluation import next_click
+    from napari_imedsam.inference.preprocess import grid_points
+
+    was_training = network.training
+    network.eval()
+    embedding = network.encode(batch["embedding"]) if encode else batch["embedding"]
+    grids = []
+    for example, box in zip(examples, boxes_px):
+        height, width = example.mask.shape
+        r0, r1, c0, c1 = region_around_box(box, (height, width))
+        rows, cols = np.linspace(r0, r1 - 1, ERROR_GRID), np.linspace(c0, c1 - 1, ERROR_GRID)
+        truth = example.mask[np.round(rows).astype(int)][:, np.round(cols).astype(int)].astype(bool)
+        grids.append((rows, cols, grid_points(rows, cols, (height, width)), truth))
+    points = torch.stack([g[2] for g in grids]).to(embedding.device)
+    coords, labels = [], []
+    for _ in range(count):
+        prompt_clicks = (torch.stack(coords, 1), torch.stack(labels, 1)) if coords else None
+        prompt = network.prompt(embedding, batch["boxes"], batch["extent"], points=prompt_clicks)
+        logits = network.coarse(prompt, network.point_input(prompt, points)).logit
+        step_coords, step_labels = [], []
+        for index, (example, (rows, cols, _, truth)) in enumerate(zip(examples, grids)):
+            predicted = (logits[index] > 0).view(ERROR_GRID, ERROR_GRID).cpu().numpy()
+            click = next_click(predicted, truth)
+            if click is None:  # already right: a positive click on the object keeps it so
+                inside = np.argwhere(truth) if truth.any() else np.array([[ERROR_GRID // 2, ERROR_GRID // 2]])
+                click = (*inside[len(inside) // 2], True)
+            i, j, positive = click
+            x, y = cols[j], rows[i]
+            xy = example.embedding.geometry.box_to_input(np.array([x, y, x, y]))[:2]
+            step_coords.append(torch.as_tensor(xy, dtype=torch.float32))
+            step_labels.append(torch.tensor(1 if positive else 0))
+        coords.append(torch.stack(step_coords).to(embedding.device))
+        labels.append(torch.stack(step_labels).to(embedding.device))
+    network.train(was_training)
+    return torch.stack(coords, 1), torch.stack(labels, 1)
+
+
 def make_batch(examples: Sequence[EncodedExample], rng: np.random.Generator, n_points: int,
                boundary_fraction: float = 0.5, box_jitter: float = 0.05, device: torch.device | None = None,
-               patch_size: int = 0, clicks: float = 0.0) -> dict[str, torch.Tensor]:
+               patch_size: int = 0, clicks: float = 0.0, network: IMedSAM | None = None,
+               encode: bool = False) -> dict[str, torch.Tensor]:
     """Embeddings, jittered boxes (encoder pixels), extents, query points and labels for a batch; with
     `patch_size` also each point's image patch (`patches`), from the examples' kept images. With
     probability `clicks` the batch also carries 1-3 simulated clicks per example (`click_coords` in
-    encoder pixels, `click_labels` 1/0) and looser boxes, so the clicks carry what the box does not."""
+    encoder pixels, `click_labels` 1/0) and looser boxes, so the clicks carry what the box does not:
+    where `network`'s own mask is wrong when it is given (`encode`: the batch holds pixels), else at
+    random on the object and on the background."""
     n_clicks = int(rng.integers(1, 4)) if clicks and rng.random() < clicks else 0
-    embeddings, boxes, extents, points, labels, patches, coords, signs = [], [], [], [], [], [], [], []
+    embeddings, boxes, extents, points, labels, patches, coords, signs, boxes_px = [], [], [], [], [], [], [], [], []
     for example in examples:
         geometry = example.embedding.geometry
         shape = example.mask.shape
         jitter = box_jitter + (0.1 if n_clicks else 0.0)
         box = jitter_box(example.box, shape, rng, jitter) if jitter else example.box
         region = region_around_box(box, shape)
-        if n_clicks:
+        boxes_px.append(box)
+        if n_clicks and network is None:
             chosen = sample_clicks(example.mask.astype(bool), region, n_clicks, rng)
             coords.append(torch.as_tensor(np.stack([geometry.box_to_input(np.array([x, y, x, y]))[:2]
                                                     for x, y, _ in chosen]), dtype=torch.float32))
@@ -92,8 +143,12 @@ def make_batch(examples: Sequence[EncodedExample], rng: np.random.Generator, n_p
              "extent": torch.stack(extents), "points": torch.stack(points), "labels": torch.stack(labels)}
     if patch_size:
         batch["patches"] = torch.stack(patches)
-    if n_clicks:
+    if n_clicks and network is None:
         batch["click_coords"], batch["click_labels"] = torch.stack(coords), torch.stack(signs)
+    elif n_clicks:
+        moved = {k: v.to(device) for k, v in batch.items()} if device is not None else batch
+        batch["click_coords"], batch["click_labels"] = (
+            t.cpu() for t in error_clicks(network, moved, examples, boxes_px, n_clicks, encode))
     return {k: v.to(device) for k, v in batch.items()} if device is not None else batch
 
 

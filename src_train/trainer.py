@@ -65,6 +65,7 @@ class TrainOptions:
     validate_every: int | None = None  # steps between validations with `steps` (default: a tenth of them)
     keep_start: bool = True  # the starting weights compete with every validation round (never return worse)
     clicks: float = 0.0  # fraction of batches with 1-3 simulated click prompts per example (and looser boxes)
+    click_source: str = "errors"  # "errors": where the model's own mask is wrong; "random": on / off the object
 
 
 def run_progress(step: int, total_steps: int, elapsed: float, max_seconds: float | None) -> float:
@@ -259,7 +260,9 @@ def train(loaded: LoadedModel, samples: list[Sample], options: TrainOptions, out
             else:  # pixels stand in for embeddings; TrainStep encodes them with gradients
                 batch_examples = [EncodedExample(pixels[i], train_set[i].mask, train_set[i].box_xyxy) for i in chosen]
             batch = make_batch(batch_examples, rng, options.n_points, device=loaded.device,
-                               patch_size=network.config.decoder.fine_image_patch, clicks=options.clicks)
+                               patch_size=network.config.decoder.fine_image_patch, clicks=options.clicks,
+                               network=network if options.click_source == "errors" else None,
+                               encode=not frozen_encoder)
             outputs = step_module(batch["embedding"], batch["boxes"], batch["extent"], batch["points"],
                                   batch.get("patches"), batch.get("click_coords"), batch.get("click_labels"))
             elapsed = _elapsed(start, world, loaded.device) if options.max_seconds else 0.0

@@ -330,6 +330,13 @@ def test_click_training_batches_carry_clicks_on_the_object_and_off_it_and_train_
     out["coarse_logit"].sum().backward()
     assert weight.grad is not None and weight.grad.abs().sum() > 0
     assert "click_coords" not in make_batch([example], rng, 64, clicks=0.0)
+    # error-driven: each click lies where the model's own mask is wrong: on the object if positive
+    errors = make_batch([example, example], np.random.default_rng(3), 64, clicks=1.0, network=network)
+    geometry = example.embedding.geometry
+    scale = geometry.box_to_input(np.array([0.0, 0.0, 1.0, 1.0]))
+    for (x, y), sign in zip(errors["click_coords"].reshape(-1, 2).numpy(), errors["click_labels"].flatten()):
+        col, row = (x - scale[0]) / (scale[2] - scale[0]), (y - scale[1]) / (scale[3] - scale[1])
+        assert mask[int(round(row)), int(round(col))] == bool(sign)
     with pytest.raises(Exception, match="clicks must be a fraction"):
         from src_train.trainer import check_options
 
