@@ -135,9 +135,9 @@ def test_evaluate_tiny_output_sizes(tmp_path, capsys, tiny_model_file, size):
 
 
 def test_evaluate_json_is_strict_json(tmp_path, capsys, monkeypatch, tiny_model_file):
-    import src_train.trainer as trainer
+    import napari_imedsam.evaluation as evaluation
 
-    monkeypatch.setattr(trainer, "hd95", lambda *args, **kwargs: float("inf"))  # e.g. an empty prediction
+    monkeypatch.setattr(evaluation, "hd95", lambda *args, **kwargs: float("inf"))  # e.g. an empty prediction
     images, masks = _folders(tmp_path)
     code, err, out = run_cli(capsys, ["evaluate", "--model", tiny_model_file, "--images", images, "--masks", masks,
                                       "--json"])
