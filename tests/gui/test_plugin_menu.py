@@ -13,8 +13,9 @@ pytestmark = pytest.mark.gui
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_plugin_menu_after_the_window_is_shown_loads_the_model_and_segments_a_box():
-    run = subprocess.run([sys.executable, "-m", "tests.gui.menu_journey", "demo"], cwd=ROOT, capture_output=True,
+@pytest.mark.parametrize("model", ["demo", "litemedsam"])  # litemedsam imports timm/torchvision in the worker
+def test_plugin_menu_after_the_window_is_shown_loads_the_model_and_segments_a_box(model):
+    run = subprocess.run([sys.executable, "-m", "tests.gui.menu_journey", model], cwd=ROOT, capture_output=True,
                          text=True, timeout=900, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert run.returncode == 0, f"exit {run.returncode} (-11 is a segfault)\n{run.stdout}\n{run.stderr[-3000:]}"
     assert "liver Dice" in run.stdout
