@@ -254,10 +254,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     samples = load_folder(args.images, args.masks)
     loaded = _load(args)
     if args.uncertainty:
-        from dataclasses import replace
-
-        config = loaded.network.config
-        loaded.network.config = replace(config, decoder=replace(config.decoder, uncertainty=args.uncertainty))
+        loaded = loaded.with_uncertainty(args.uncertainty)
     corrector = None
     if args.corrector:
         from .model.corrector import load_corrector

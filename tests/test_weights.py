@@ -175,3 +175,26 @@ def test_registry_carries_official_urls_and_hashes():
     assert sam.known_hash == "sha256:ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912"
     assert REGISTRY["medsam_vit_b"].known_hash.startswith("md5:")
     assert registry.cache_dir().name  # resolvable without network
+
+
+def test_with_uncertainty_is_a_new_handle_over_the_same_weights():
+    import warnings
+
+    import numpy as np
+
+    from napari_imedsam.inference.predictor import Predictor
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = load_model("tiny")
+    epistemic = loaded.with_uncertainty("epistemic")
+    assert loaded.network.config.decoder.uncertainty == "predictive"
+    assert epistemic.network.config.decoder.uncertainty == "epistemic"
+    assert epistemic.network.coarse_inr.head.weight is loaded.network.coarse_inr.head.weight  # shared, not copied
+    image = np.random.default_rng(0).random((48, 48)).astype(np.float32)
+    a = Predictor(loaded).predict(image, [8, 8, 30, 30])
+    b = Predictor(epistemic).predict(image, [8, 8, 30, 30])
+    np.testing.assert_array_equal(a.coarse_prob, b.coarse_prob)
+    assert not np.allclose(a.uncertainty, b.uncertainty)
+    with pytest.raises(ValueError, match="unknown uncertainty kind"):
+        loaded.with_uncertainty("aleatoric")

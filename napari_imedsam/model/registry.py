@@ -103,6 +103,21 @@ class LoadedModel:
     zoom: bool = False  # how the weights were trained to be used (see Predictor); from the file header
     zoom_margin: float = 0.25
 
+    def with_uncertainty(self, kind: str) -> LoadedModel:
+        """The same weights (shared, not copied) scoring uncertainty as `kind` ("predictive" or
+        "epistemic"); this handle is left as it is."""
+        import copy
+        from dataclasses import replace
+
+        from .config import UNCERTAINTY_KINDS
+
+        if kind not in UNCERTAINTY_KINDS:
+            raise ValueError(f"unknown uncertainty kind {kind!r}; choose from {UNCERTAINTY_KINDS}")
+        network = copy.copy(self.network)  # a new module object over the same parameters and buffers
+        config = network.config
+        network.config = replace(config, decoder=replace(config.decoder, uncertainty=kind))
+        return replace(self, network=network)
+
 
 def resolve_device(device: str = "auto") -> torch.device:
     """'auto' picks CUDA, then Apple MPS, then CPU; an unavailable explicit choice is an error."""
