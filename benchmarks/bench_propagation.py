@@ -23,7 +23,7 @@ from scipy import ndimage
 from napari_imedsam.evaluation import dice
 from napari_imedsam.inference.boxes import box_of_mask
 from napari_imedsam.inference.predictor import Predictor
-from napari_imedsam.inference.propagation import propagate
+from napari_imedsam.inference.propagation import propagate_both
 from napari_imedsam.inference.session import AnnotationSession
 from napari_imedsam.model.registry import load_model
 
@@ -45,15 +45,9 @@ def run(predictor: Predictor, folder: Path) -> dict:
     session = AnnotationSession(predictor, volume, np.zeros(volume.shape, np.int32))
     start = time.perf_counter()
     session.segment(start_slice, box_of_mask(truth[start_slice]), 1)
-    stops = []
-    for direction in (1, -1):
-        steps = propagate(session, start_slice, 1, direction)
-        while True:
-            try:
-                session.apply(next(steps))
-            except StopIteration as stop:
-                stops.append(str(stop.value))
-                break
+    stops: list[str] = []
+    for result in propagate_both(session, start_slice, 1, stops):
+        session.apply(result)
     predicted = session.labels == 1
     spans = [np.nonzero(m.any(axis=(1, 2)))[0] for m in (predicted, truth)]
     return {"patient": folder.name, "volume_dice": round(dice(predicted, truth), 4),

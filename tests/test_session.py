@@ -9,7 +9,7 @@ import pytest
 from napari_imedsam.inference.boxes import box_of_mask
 from napari_imedsam.inference.predictor import Predictor
 from napari_imedsam.inference.preprocess import InputError
-from napari_imedsam.inference.propagation import propagate
+from napari_imedsam.inference.propagation import propagate, propagate_both
 from napari_imedsam.inference.review import review_scores
 from napari_imedsam.inference.session import AnnotationSession, ObjectResult
 from napari_imedsam.inference.windows import IntensityWindow, normalize_intensity, volume_window
@@ -132,14 +132,8 @@ def phantom_propagation(predictor, window=None):
     session.segment(middle, box_of_mask(truth[middle]), label=1)
     session.begin_group()
     reasons = []
-    for direction in (1, -1):
-        steps = propagate(session, middle, 1, direction)
-        while True:
-            try:
-                session.apply(next(steps))
-            except StopIteration as stop:
-                reasons.append(stop.value)
-                break
+    for result in propagate_both(session, middle, 1, reasons):
+        session.apply(result)
     session.end_group()
     return session, truth, reasons
 

@@ -165,3 +165,13 @@ def propagate(session: AnnotationSession, slice_index: int, label: int, directio
         previous = mask
         z += direction
     return "reached the end of the volume"
+
+
+def propagate_both(session: AnnotationSession, slice_index: int, label: int, reasons: list[str] | None = None,
+                   rules: PropagationRules = PropagationRules()) -> Iterator[ObjectResult]:
+    """`propagate` forward, then backward, from the same start; each direction's stop reason is
+    appended to `reasons` as it ends (so a caller that stops early keeps the reasons so far)."""
+    for direction in (1, -1):
+        reason = yield from propagate(session, slice_index, label, direction, rules)
+        if reasons is not None:
+            reasons.append(reason)

@@ -19,7 +19,7 @@ class VolumeActions:
 
     def propagate(self) -> None:
         """Carry the selected object from the displayed slice through the volume, both directions."""
-        from ..inference.propagation import propagate
+        from ..inference.propagation import propagate_both
 
         dock = self.dock
         if dock.workers.is_busy("propagate"):
@@ -40,14 +40,7 @@ class VolumeActions:
         self.stop_reasons = []
 
         def run():
-            for direction in (1, -1):
-                generator = propagate(session, z, label, direction)
-                while True:
-                    try:
-                        yield next(generator)
-                    except StopIteration as stop:
-                        self.stop_reasons.append(str(stop.value))
-                        break
+            yield from propagate_both(session, z, label, self.stop_reasons)
 
         session.begin_group()
         written = []
