@@ -18,6 +18,21 @@ from src_train.fit import EncodedExample, fit_decoder
 from .fault_fixtures import full_disk, png_image, readonly_dir, small_export, tiny_model_file  # noqa: F401
 
 
+def phantom_folders(root, count: int, seed: int):
+    """`count` ellipse phantoms as PNGs in ROOT/images and ROOT/masks (a folder `imedsam train` and
+    `evaluate` read); returns (images, masks)."""
+    import numpy as np
+    from PIL import Image
+
+    images, masks = root / "images", root / "masks"
+    images.mkdir()
+    masks.mkdir()
+    for i, (image, mask) in enumerate(ellipse_phantoms(count, seed=seed)):
+        Image.fromarray((image.clip(0, 1) * 255).astype(np.uint8)).save(images / f"p{i}.png")
+        Image.fromarray(mask.astype(np.uint8) * 255).save(masks / f"p{i}.png")
+    return images, masks
+
+
 def untrained(name: str = "tiny", **kwargs) -> LoadedModel:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -99,16 +99,11 @@ def test_accepted_suggestions_are_user_edits_and_undo_as_one_step():
 def test_cli_trains_a_corrector_and_evaluate_reports_the_corrected_dice(tmp_path, capsys):
     import json
 
-    from PIL import Image
-
     from napari_imedsam.cli import main
 
-    images, masks = tmp_path / "images", tmp_path / "masks"
-    images.mkdir()
-    masks.mkdir()
-    for i, (image, mask) in enumerate(ellipse_phantoms(6, seed=5)):
-        Image.fromarray((image.clip(0, 1) * 255).astype(np.uint8)).save(images / f"p{i}.png")
-        Image.fromarray(mask.astype(np.uint8) * 255).save(masks / f"p{i}.png")
+    from .conftest import phantom_folders
+
+    images, masks = phantom_folders(tmp_path, 6, seed=5)
     assert main(["train", "--model", "tiny", "--mode", "corrector", "--data", str(tmp_path), "--steps", "5",
                  "--out", str(tmp_path / "out"), "--name", "ellipses"]) == 0
     out = capsys.readouterr().out

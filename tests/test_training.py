@@ -11,7 +11,6 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from napari_imedsam.cli import main
 from napari_imedsam.evaluation import dice, hd95, iou
@@ -23,7 +22,7 @@ from src_train.data import load_dataset, load_export, split
 from src_train.points import box_of_mask
 from src_train.trainer import TrainOptions, next_version_path, train
 
-from .conftest import untrained
+from .conftest import phantom_folders, untrained
 
 
 def phantom_slices(n: int, seed: int = 0) -> list[ExportSlice]:
@@ -146,12 +145,7 @@ def test_adapters_mode_trains_lora_and_frequency_adapters(tmp_path):
 
 
 def test_train_and_evaluate_cli(tmp_path, capsys):
-    images, masks = tmp_path / "images", tmp_path / "masks"
-    images.mkdir()
-    masks.mkdir()
-    for i, (image, mask) in enumerate(ellipse_phantoms(6, seed=4)):
-        Image.fromarray((image.clip(0, 1) * 255).astype(np.uint8)).save(images / f"p{i}.png")
-        Image.fromarray(mask.astype(np.uint8) * 255).save(masks / f"p{i}.png")
+    images, masks = phantom_folders(tmp_path, 6, seed=4)
     code = main(["train", "--model", "tiny", "--data", str(tmp_path), "--mode", "decoder", "--epochs", "3",
                  "--out", str(tmp_path / "out"), "--seed", "1"])
     out = capsys.readouterr().out
