@@ -35,13 +35,18 @@ BRATS_TRAIN = ("brats_2013_pat0003_1", "brats_2013_pat0004_1", "brats_2013_pat00
 BRATS_HELD_OUT = ("brats_2013_pat0006_1",)
 
 
-def _pair(folder: Path, name: str, image: np.ndarray, mask: np.ndarray) -> None:
+def save_image(folder: Path, name: str, image: np.ndarray) -> None:
+    """FOLDER/images/NAME: uint8 as PNG, anything else as float32 .npy (as `data.load_folder` reads)."""
     (folder / "images").mkdir(parents=True, exist_ok=True)
     (folder / "masks").mkdir(parents=True, exist_ok=True)
     if image.dtype == np.uint8:
         Image.fromarray(image).save(folder / "images" / f"{name}.png")
     else:
         np.save(folder / "images" / f"{name}.npy", image.astype(np.float32))
+
+
+def _pair(folder: Path, name: str, image: np.ndarray, mask: np.ndarray) -> None:
+    save_image(folder, name, image)
     Image.fromarray(mask.astype(np.uint8) * 255).save(folder / "masks" / f"{name}.png")
 
 

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from napari_imedsam.evaluation import dice
 from napari_imedsam.inference.predictor import Embedding, Predictor
 from napari_imedsam.inference.preprocess import Geometry, normalize_intensity, to_model_input
 from napari_imedsam.io.images import read_image
@@ -48,9 +49,9 @@ from napari_imedsam.model.registry import LITE_BASE, LITE_FILE, LoadedModel, loa
 
 from .data import Sample, load_folder
 from .demo_recipe import build as build_shared_sets
+from .demo_recipe import save_image
 from .fit import EncodedExample
 from .losses import imedsam_loss
-from .metrics import dice
 from .prompt_cache import CachedObject, cache_object, cached_batch
 from .scenes import ct_scene, scene_targets
 from .trainer import cosine_factor
@@ -61,12 +62,7 @@ DATA_TERMS = ("Kvasir-SEG (research and education only), BraTS 2013 FLAIR of pat
 
 
 def _save_pair(folder: Path, name: str, image: np.ndarray, masks: list[np.ndarray]) -> None:
-    (folder / "images").mkdir(parents=True, exist_ok=True)
-    (folder / "masks").mkdir(parents=True, exist_ok=True)
-    if image.dtype == np.uint8:
-        Image.fromarray(image).save(folder / "images" / f"{name}.png")
-    else:
-        np.save(folder / "images" / f"{name}.npy", image.astype(np.float32))
+    save_image(folder, name, image)
     for j, mask in enumerate(masks):
         Image.fromarray(mask.astype(np.uint8) * 255).save(folder / "masks" / f"{name}__{j}.png")
 

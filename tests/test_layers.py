@@ -81,3 +81,11 @@ def test_training_package_never_imports_the_apps():
              for module, _ in imports_of(path)
              if part_of(module) in ("widgets", "cli", "demo") or module.split(".")[0] in GUI]
     assert not wrong, "\n".join(wrong)
+
+
+def test_every_training_module_imports():
+    """Recipes are run by hand, not by the tests: a stale import there shows up only here."""
+    import importlib
+
+    for path in sorted((ROOT / "src_train").glob("*.py")):
+        importlib.import_module(f"src_train.{path.stem}")
