@@ -85,25 +85,29 @@ class CorrectionActions:
         self._after(z, f"Suggestion accepted: {changed} px {'removed from' if kind == 'remove' else 'added to'} "
                        f"object {result.label} (Undo takes it back).")
 
+    def _displayed(self):
+        """(session, displayed slice), or None after one error message (no image, no model)."""
+        try:
+            return self.dock.session(), self.dock.layer_set().current_slice()
+        except (InputError, ValueError) as exc:
+            self.dock.error(str(exc))
+            return None
+
     def accept_all(self) -> None:
         from ..inference.suggestions import accept_all
 
-        try:
-            session, z = self.dock.session(), self.dock.layer_set().current_slice()
-        except (InputError, ValueError) as exc:
-            self.dock.error(str(exc))
+        if (displayed := self._displayed()) is None:
             return
+        session, z = displayed
         changed = accept_all(session, z)
         self._after(z, f"All suggestions on this slice accepted: {changed} px changed.")
 
     def dismiss(self) -> None:
         from ..inference.suggestions import dismiss
 
-        try:
-            session, z = self.dock.session(), self.dock.layer_set().current_slice()
-        except (InputError, ValueError) as exc:
-            self.dock.error(str(exc))
+        if (displayed := self._displayed()) is None:
             return
+        session, z = displayed
         dropped = dismiss(session, z)
         self._after(z, f"{dropped} suggestion(s) dismissed.")
         if not dropped:
