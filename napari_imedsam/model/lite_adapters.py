@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .frequency import FrequencyAdapter
+from .lora import copy_linear
 
 
 class HeadwiseLoRAQKV(nn.Linear):
@@ -41,11 +42,7 @@ class HeadwiseLoRAQKV(nn.Linear):
         if layer.out_features != linear.out_features:
             raise ValueError(f"qkv has {linear.out_features} outputs; heads/key_dim/value_dim give "
                              f"{layer.out_features}")
-        with torch.no_grad():
-            layer.weight.copy_(linear.weight)
-            if linear.bias is not None:
-                layer.bias.copy_(linear.bias)
-        return layer
+        return copy_linear(layer, linear)
 
     def row_delta(self, x: torch.Tensor) -> torch.Tensor:
         """The LoRA update in qkv's own row order: (..., heads * (2 key_dim + value_dim))."""

@@ -31,12 +31,7 @@ class LoRAQKV(nn.Linear):
     @classmethod
     def from_linear(cls, linear: nn.Linear, rank: int) -> LoRAQKV:
         """Wrap an existing fused qkv projection (its weights are copied, not re-initialised)."""
-        layer = cls(linear.in_features, rank, bias=linear.bias is not None)
-        with torch.no_grad():
-            layer.weight.copy_(linear.weight)
-            if linear.bias is not None:
-                layer.bias.copy_(linear.bias)
-        return layer
+        return copy_linear(cls(linear.in_features, rank, bias=linear.bias is not None), linear)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         qkv = F.linear(x, self.weight, self.bias)
@@ -44,3 +39,12 @@ class LoRAQKV(nn.Linear):
         delta_v = (x @ self.lora_v_a.t()) @ self.lora_v_b.t()
         zeros = torch.zeros_like(delta_q)
         return qkv + torch.cat([delta_q, zeros, delta_v], dim=-1)
+
+
+def copy_linear(layer: nn.Module, linear: nn.Linear) -> nn.Module:
+    """`layer` with `linear`'s weight and bias copied in (a LoRA wrapper over a pretrained projection)."""
+    with torch.no_grad():
+        layer.weight.copy_(linear.weight)
+        if linear.bias is not None:
+            layer.bias.copy_(linear.bias)
+    return layer
