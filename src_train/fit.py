@@ -9,8 +9,9 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from napari_imedsam.evaluation import next_click
 from napari_imedsam.inference.predictor import Embedding
-from napari_imedsam.inference.preprocess import normalized_points, region_around_box
+from napari_imedsam.inference.preprocess import grid_points, normalized_points, region_around_box
 from napari_imedsam.model.imedsam import IMedSAM
 from napari_imedsam.model.inr import image_patches
 
@@ -68,9 +69,6 @@ def error_clicks(network: IMedSAM, batch: dict[str, torch.Tensor], examples: Seq
     with the earlier ones as prompts): the centre of the largest error region, positive in a miss,
     negative in a false alarm, as interactive-segmentation training does. Returns (coords (B, N, 2) in
     encoder pixels, labels (B, N))."""
-    from napari_imedsam.evaluation import next_click
-    from napari_imedsam.inference.preprocess import grid_points
-
     was_training = network.training
     network.eval()
     embedding = network.encode(batch["embedding"]) if encode else batch["embedding"]
@@ -96,7 +94,7 @@ def error_clicks(network: IMedSAM, batch: dict[str, torch.Tensor], examples: Seq
                 click = (*inside[len(inside) // 2], True)
             i, j, positive = click
             x, y = cols[j], rows[i]
-            xy = example.embedding.geometry.box_to_input(np.array([x, y, x, y]))[:2]
+            xy = example.embedding.geometry.points_to_input([x, y])[0]
             step_coords.append(torch.as_tensor(xy, dtype=torch.float32))
             step_labels.append(torch.tensor(1 if positive else 0))
         coords.append(torch.stack(step_coords).to(embedding.device))
@@ -126,8 +124,7 @@ def make_batch(examples: Sequence[EncodedExample], rng: np.random.Generator, n_p
         boxes_px.append(box)
         if n_clicks and network is None:
             chosen = sample_clicks(example.mask.astype(bool), region, n_clicks, rng)
-            coords.append(torch.as_tensor(np.stack([geometry.box_to_input(np.array([x, y, x, y]))[:2]
-                                                    for x, y, _ in chosen]), dtype=torch.float32))
+            coords.append(torch.as_tensor(geometry.points_to_input(chosen[:, :2]), dtype=torch.float32))
             signs.append(torch.as_tensor(chosen[:, 2], dtype=torch.int64))
         rc, target = sample_points(example.mask, region, n_points, boundary_fraction, rng)
         embeddings.append(example.embedding.tensor)

@@ -74,7 +74,7 @@ def click_prompts(points: np.ndarray | None, geometry: Geometry, device: torch.d
     points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
     if not np.isfinite(points).all():
         raise InputError("click positions must be finite numbers")
-    xy = np.stack([geometry.box_to_input(np.array([x, y, x, y]))[:2] for x, y in points[:, :2]])
+    xy = geometry.points_to_input(points[:, :2])
     coords = torch.as_tensor(xy, dtype=torch.float32, device=device)[None]
     labels = torch.as_tensor(points[:, 2] > 0, dtype=torch.int64, device=device)[None]
     return coords, labels

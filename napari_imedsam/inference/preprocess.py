@@ -60,6 +60,11 @@ class Geometry:
         factors = np.array([w / self.width, h / self.height, w / self.width, h / self.height])
         return np.asarray(box_xyxy, dtype=np.float64) * factors
 
+    def points_to_input(self, xy: np.ndarray) -> np.ndarray:
+        """(N, 2) points (x, y) in image pixels -> encoder-input pixels (click prompts)."""
+        h, w = self.resized
+        return np.asarray(xy, dtype=np.float64).reshape(-1, 2) * np.array([w / self.width, h / self.height])
+
 
 def to_model_input(image01: np.ndarray, geometry: Geometry) -> torch.Tensor:
     """(H, W, 3) in [0, 1] -> (1, 3, S, S) float 0-255, resized (antialiased) and zero-padded."""
