@@ -309,7 +309,8 @@ def train(loaded: LoadedModel, samples: list[Sample], options: TrainOptions, out
               "metrics": {k: after.get(k) for k in ("dice", "iou", "hd95", "coarse_dice")},
               "metrics_before": {k: before.get(k) for k in ("dice", "iou", "hd95")},
               "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cancelled": cancelled,
-              "kept_base": kept_base, "inference": {"zoom": zoom, "zoom_margin": zoom_margin}}
+              "kept_base": kept_base, "inference": {"zoom": zoom, "zoom_margin": zoom_margin,
+                                                   "prompt_clicks": loaded.prompt_clicks or options.clicks > 0}}
     folder = Path(out_dir) / "adapters" / check_name(name)
     if rank == 0:  # a new version, never overwriting one (concurrent runs), rescued if the disk filled up
         write = save_model if options.mode == "full" else save_adapters

@@ -159,7 +159,7 @@ def test_clicks_change_the_mask_and_grow_the_box_without_re_encoding():
     np.testing.assert_allclose(grown, [10.0, 2.0, 33.0, 20.0])  # the positive click, not the negative one
     np.testing.assert_allclose(box_with_clicks(box, None, (64, 64)), box)
 
-    predictor = Predictor(untrained())
+    predictor = Predictor(untrained(), prompt_clicks=True)  # clicks also go to the prompt encoder
     image = np.random.default_rng(0).random((48, 48)).astype(np.float32)
     plain = predictor.predict(image, [8, 8, 30, 30], slice_index=0)
     misses = predictor.cache.misses

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -15,6 +15,7 @@ from ..model.imedsam import BoxPrompt, IMedSAM
 from ..model.inr import CoarseOutput, refine_count
 from ..model.registry import LoadedModel
 from .boxes import box_with_clicks
+from .clicks import correct_with_clicks
 from .crops import CropMemory
 from .embedding_store import Embedding, EmbeddingStore
 from .preprocess import (
@@ -98,8 +99,12 @@ class Predictor:
 
     def __init__(self, model: LoadedModel, cache: EmbeddingStore | None = None, margin: float = 0.1,
                  coarse_cells: int = 48, seed: int = 0, zoom: bool | None = None,
-                 zoom_margin: float | None = None, crop_tolerance: float = 0.0) -> None:
+                 zoom_margin: float | None = None, crop_tolerance: float = 0.0,
+                 prompt_clicks: bool | None = None) -> None:
         self.model = model
+        # Clicks go to the network's prompt encoder only for weights trained with click prompts
+        # (header `inference.prompt_clicks`); a box-only model's reaction to them costs Dice.
+        self.prompt_clicks = model.prompt_clicks if prompt_clicks is None else prompt_clicks
         self.cache = cache if cache is not None else EmbeddingStore()
         self.margin = margin
         self.coarse_cells = coarse_cells
@@ -155,16 +160,40 @@ class Predictor:
                 output_size: tuple[int, int] | None = None, slice_index: int | None = None,
                 dense: bool = False, points: np.ndarray | None = None) -> Prediction:
         """Segment the object in `box_xyxy` (x0, y0, x1, y1 in image pixels) of a 2D slice; `points`
-        (N, 3) rows of (x, y, positive) add click prompts (they never re-run the encoder)."""
+        (N, 3) rows of (x, y, positive) are clicks: they correct the mask where they land (`clicks`),
+        and are click prompts to the network too when it was trained with them (`prompt_clicks`); they
+        never re-run the encoder."""
         image = as_2d_image(image)
         box = box_with_clicks(validate_box(box_xyxy, image.shape[:2]), points, image.shape[:2])
         if not box_has_contrast(image, box, window):
             warnings.warn(f"the image has no contrast in the box {np.round(box).astype(int).tolist()} (constant, "
                           "or no finite values, after the intensity window): the mask is meaningless", stacklevel=2)
+        prompt_points = points if self.prompt_clicks else None
         if self.zoom:
-            return self._predict_zoomed(image, box, window, output_size, slice_index, dense, points)
-        embedding = self.embed(image, window, slice_index)
-        return self.predict_embedding(embedding, box, output_size=output_size, dense=dense, points=points)
+            result = self._predict_zoomed(image, box, window, output_size, slice_index, dense, prompt_points)
+        else:
+            embedding = self.embed(image, window, slice_index)
+            result = self.predict_embedding(embedding, box, output_size=output_size, dense=dense, points=prompt_points)
+        return self._apply_clicks(result, image, window, points)
+
+    @staticmethod
+    def _apply_clicks(result: Prediction, image: np.ndarray, window: IntensityWindow | None,
+                      points: np.ndarray | None) -> Prediction:
+        """The clicks' local, edge-aware correction of the refined probability (see `clicks`)."""
+        if points is None or len(points) == 0:
+            return result
+        points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+        if not np.isfinite(points).all():
+            raise InputError("click positions must be finite numbers")
+        image01 = normalize_intensity(image, window)
+        out_hw = result.refined_prob.shape
+        if out_hw != image01.shape[:2]:  # clicks and image onto the output grid (pixel centres to centres)
+            from skimage.transform import resize
+
+            sy, sx = out_hw[0] / image01.shape[0], out_hw[1] / image01.shape[1]
+            points = np.column_stack([(points[:, 0] + 0.5) * sx - 0.5, (points[:, 1] + 0.5) * sy - 0.5, points[:, 2]])
+            image01 = resize(image01, (*out_hw, image01.shape[2]), order=1, anti_aliasing=True)
+        return replace(result, refined_prob=correct_with_clicks(result.refined_prob, image01, points))
 
     def _predict_zoomed(self, image: np.ndarray, box: np.ndarray, window: IntensityWindow | None,
                         output_size: tuple[int, int] | None, slice_index: int | None, dense: bool,

@@ -148,7 +148,8 @@ def check_tensors(config: ModelConfig, shapes: Mapping[str, tuple[int, ...]]) ->
 
 
 def check_inference(header: Mapping[str, Any]) -> dict[str, Any]:
-    """The header's optional `inference` settings ({zoom: bool, zoom_margin: 0..2}), checked."""
+    """The header's optional `inference` settings ({zoom: bool, zoom_margin: 0..2, prompt_clicks: bool}),
+    checked."""
     inference = header.get("inference")
     if inference is None:
         return {}
@@ -159,4 +160,7 @@ def check_inference(header: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"inference.zoom must be true or false, got {zoom!r}")
     if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0.0 <= margin <= 2.0:
         raise ConfigError(f"inference.zoom_margin must be a number in 0..2, got {margin!r}")
-    return {"zoom": zoom, "zoom_margin": float(margin)}
+    prompt_clicks = inference.get("prompt_clicks", False)
+    if not isinstance(prompt_clicks, bool):
+        raise ConfigError(f"inference.prompt_clicks must be true or false, got {prompt_clicks!r}")
+    return {"zoom": zoom, "zoom_margin": float(margin), "prompt_clicks": prompt_clicks}

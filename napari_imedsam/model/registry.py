@@ -102,6 +102,7 @@ class LoadedModel:
     device: torch.device = torch.device("cpu")
     zoom: bool = False  # how the weights were trained to be used (see Predictor); from the file header
     zoom_margin: float = 0.25
+    prompt_clicks: bool = False  # trained with click prompts (header): the predictor passes clicks to the network
 
     def with_uncertainty(self, kind: str) -> LoadedModel:
         """The same weights (shared, not copied) scoring uncertainty as `kind` ("predictive" or
@@ -224,6 +225,7 @@ def load_model(
         raise CheckpointError(f"{adapters or key}: {exc}") from None
     loaded.zoom = inference.get("zoom", False)
     loaded.zoom_margin = inference.get("zoom_margin", loaded.zoom_margin)
+    loaded.prompt_clicks = inference.get("prompt_clicks", False)
     network.requires_grad_(False)
     network.to(torch_device)
     return loaded

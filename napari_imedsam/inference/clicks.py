@@ -1,0 +1,111 @@
+"""Clicks that fix a mask where they land: an edge-aware, local correction of the model's output.
+
+A click says "this pixel is object" (positive) or "this pixel is background" (negative). When the
+model's mask already agrees, nothing changes. When it does not, the click sits some depth `d`
+inside a wrong region: the pixels within `grow * d` of the click are handed to a random walker
+(Grady 2006, scikit-image) on the normalised image, seeded by a disk of radius `d / 2` at the click
+with the click's label and by the model's own labels everywhere outside that neighbourhood. The
+walker's object probability replaces the model's there, so the correction follows the image's
+edges and leaves the rest of the mask exactly as the model drew it. The result is a function of the
+box's prediction and the full list of clicks (stateless: undoing a click recomputes it).
+
+`grow` = 2 and `beta` = 130 (scikit-image's default) were chosen on training images of the bundled
+model (`benchmarks/bench_clicks.py` on subsets of its recipe's training set), never on the
+evaluation sets.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+GROW = 2.0  # the freed neighbourhood's radius, in units of the click's depth in the wrong region
+BETA = 130.0  # the random walker's edge penalty (scikit-image's default)
+MIN_RADIUS = 3.0  # pixels: the smallest freed neighbourhood
+
+
+@dataclass(frozen=True)
+class ClickRegion:
+    """One click the model's mask disagrees with: where it is, its label, and how far it reaches."""
+
+    row: int
+    col: int
+    positive: bool
+    depth: float  # distance from the click to the nearest pixel already carrying its label
+
+
+def disagreeing_clicks(mask: np.ndarray, points: np.ndarray) -> list[ClickRegion]:
+    """The clicks (x, y, positive) that land where `mask` says the opposite, with their depths."""
+    height, width = mask.shape
+    regions = []
+    distance_to = {}
+    for x, y, label in np.asarray(points, dtype=np.float64).reshape(-1, 3):
+        row = int(np.clip(round(y), 0, height - 1))
+        col = int(np.clip(round(x), 0, width - 1))
+        positive = bool(label > 0)
+        if mask[row, col] == positive:
+            continue
+        if positive not in distance_to:  # distance from every pixel to the nearest pixel labelled `positive`
+            target = mask if positive else ~mask
+            distance_to[positive] = (ndimage.distance_transform_edt(~target) if target.any()
+                                     else np.full(mask.shape, float(max(height, width))))
+        regions.append(ClickRegion(row, col, positive, float(distance_to[positive][row, col])))
+    return regions
+
+
+def correct_with_clicks(probability: np.ndarray, image01: np.ndarray, points: np.ndarray | None,
+                        grow: float = GROW, beta: float = BETA) -> np.ndarray:
+    """The object probability after the clicks: `probability` (H, W) where the clicks agree with it
+    or are far away, the random walker's object probability around each click it contradicts.
+    `image01` is the (H, W) or (H, W, C) image in [0, 1]; `points` (N, 3) rows of (x, y, positive)."""
+    from skimage.segmentation import random_walker  # scikit-image is heavy: imported on the first click
+
+    probability = np.asarray(probability, dtype=np.float32)
+    if points is None or len(points) == 0:
+        return probability
+    mask = probability > 0.5
+    regions = disagreeing_clicks(mask, points)
+    if not regions:
+        return probability
+    height, width = mask.shape
+    rows, cols = np.ogrid[:height, :width]
+    free = np.zeros((height, width), bool)
+    for region in regions:
+        radius = max(MIN_RADIUS, grow * region.depth)
+        free |= (rows - region.row) ** 2 + (cols - region.col) ** 2 <= radius * radius
+    seeds = np.where(mask, 1, 2).astype(np.int32)
+    seeds[free] = 0
+    for click in np.asarray(points, dtype=np.float64).reshape(-1, 3):  # every click is a seed, agreeing or not
+        row = int(np.clip(round(click[1]), 0, height - 1))
+        col = int(np.clip(round(click[0]), 0, width - 1))
+        depth = next((r.depth for r in regions if (r.row, r.col) == (row, col)), 0.0)
+        radius = max(1.0, depth / 2)
+        seeds[(rows - row) ** 2 + (cols - col) ** 2 <= radius * radius] = 1 if click[2] > 0 else 2
+    r_idx, c_idx = np.nonzero(free)
+    r0, r1 = max(int(r_idx.min()) - 2, 0), min(int(r_idx.max()) + 3, height)
+    c0, c1 = max(int(c_idx.min()) - 2, 0), min(int(c_idx.max()) + 3, width)
+    crop_seeds = seeds[r0:r1, c0:c1]
+    if not (crop_seeds == 1).any() or not (crop_seeds == 2).any():  # one label only: it fills the region
+        walked = (crop_seeds != 2).astype(np.float32)
+    else:
+        crop = _single_channel_if_grey(np.asarray(image01, dtype=np.float64)[r0:r1, c0:c1])
+        with warnings.catch_warnings():  # "probability range outside [0, 1]" by solver tolerance: clipped below
+            warnings.simplefilter("ignore", UserWarning)
+            walked = random_walker(crop, crop_seeds, beta=beta, mode="cg_j", return_full_prob=True,
+                                   channel_axis=-1 if crop.ndim == 3 else None)[0]
+        walked = np.clip(walked, 0.0, 1.0).astype(np.float32)
+    corrected = probability.copy()
+    window = free[r0:r1, c0:c1]
+    corrected[r0:r1, c0:c1][window] = walked[window]
+    return corrected
+
+
+def _single_channel_if_grey(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) with three equal channels -> (H, W): the walker's edge weights are the same, a third of the work."""
+    if image.ndim == 3 and image.shape[-1] > 1 and np.array_equal(image[..., 0], image[..., 1]) \
+            and np.array_equal(image[..., 0], image[..., -1]):
+        return image[..., 0]
+    return image

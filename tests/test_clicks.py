@@ -1,0 +1,82 @@
+"""Clicks correct the mask where they land, along the image's edges, and nowhere else."""
+
+import numpy as np
+import pytest
+
+from napari_imedsam._sample_data import CT_SAMPLES, load_ct_slice
+from napari_imedsam.inference.clicks import correct_with_clicks, disagreeing_clicks
+from napari_imedsam.inference.predictor import Predictor
+from napari_imedsam.model.registry import load_model
+
+
+def two_blobs() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A bright square touching a second, slightly darker square, on a dark background; the model's
+    probability covers only the first square."""
+    image = np.full((64, 64), 0.1)
+    image[16:40, 10:30] = 0.9
+    image[20:36, 30:44] = 0.7
+    truth = image > 0.5
+    probability = np.zeros((64, 64), np.float32)
+    probability[16:40, 10:30] = 0.95
+    return image, probability, truth
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+
+def test_a_positive_click_adds_the_missed_region_up_to_its_edges_and_leaves_the_rest_alone():
+    image, probability, truth = two_blobs()
+    corrected = correct_with_clicks(probability, image, np.array([[37.0, 28.0, 1.0]]))
+    mask = corrected > 0.5
+    assert dice(probability > 0.5, truth) < 0.85 < 0.98 < dice(mask, truth)
+    assert not mask[image < 0.5].any()  # the walker stopped at the darker background's edge
+    far = np.ones_like(mask)
+    far[28 - 20:28 + 21, 37 - 20:37 + 21] = False  # beyond the freed neighbourhood (2 x the click's depth)
+    np.testing.assert_array_equal(corrected[far], probability[far])
+
+
+def test_a_negative_click_removes_a_false_lobe():
+    image, _, truth = two_blobs()
+    probability = np.where(image > 0.5, 0.9, 0.05).astype(np.float32)
+    probability[20:36, 30:44] = 0.8  # the model wrongly includes the darker square ...
+    truth = image > 0.8  # ... which is not the object
+    corrected = correct_with_clicks(probability, image, np.array([[38.0, 28.0, 0.0]]))
+    assert dice(corrected > 0.5, truth) > 0.97 > dice(probability > 0.5, truth)
+
+
+def test_clicks_that_agree_with_the_mask_or_none_change_nothing():
+    image, probability, _ = two_blobs()
+    agreeing = np.array([[20.0, 28.0, 1.0], [2.0, 2.0, 0.0]])
+    assert disagreeing_clicks(probability > 0.5, agreeing) == []
+    np.testing.assert_array_equal(correct_with_clicks(probability, image, agreeing), probability)
+    np.testing.assert_array_equal(correct_with_clicks(probability, image, None), probability)
+
+
+def test_colour_images_and_clicks_at_the_border_work():
+    image, probability, truth = two_blobs()
+    rgb = np.stack([image, image * 0.5, 1 - image], axis=-1)
+    corrected = correct_with_clicks(probability, rgb, np.array([[37.0, 28.0, 1.0], [63.9, 0.0, 0.0]]))
+    assert dice(corrected > 0.5, truth) > 0.98
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_the_predictor_applies_clicks_on_a_real_image_without_re_encoding():
+    from napari_imedsam.inference.boxes import box_of_mask
+
+    image, labels, names = load_ct_slice(CT_SAMPLES["ct_abdomen"])
+    truth = labels == names.index("liver_000") + 1
+    box = box_of_mask(truth)
+    predictor = Predictor(load_model("demo", device="cpu"))
+    assert not predictor.prompt_clicks  # the bundled model was trained with boxes only
+    plain = predictor.predict(image, box)
+    mask = plain.refined_mask
+    wrong = np.argwhere(truth & ~mask)
+    row, col = wrong[len(wrong) // 2]
+    misses = predictor.cache.misses
+    clicked = predictor.predict(image, box, points=np.array([[col, row, 1.0]]))
+    assert predictor.cache.misses == misses  # the crop's embedding was reused
+    assert clicked.refined_mask[row, col]
+    assert dice(clicked.refined_mask, truth) >= dice(mask, truth)
+    untouched = np.broadcast_to(np.abs(np.arange(image.shape[0])[:, None] - row) > 60, truth.shape)
+    np.testing.assert_array_equal(clicked.refined_prob[untouched], plain.refined_prob[untouched])
