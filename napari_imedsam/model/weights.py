@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
 import pickle
 import re
 from collections.abc import Iterable, Mapping
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +184,18 @@ def trainable_state(model: IMedSAM, groups: Iterable[str] | None = None) -> dict
     }
 
 
+def copy_network(network: IMedSAM, share_frozen: bool = True) -> IMedSAM:
+    """A new network with its own copies of the trainable tensors (`trainable_state`: adapters, prompt
+    encoder, upscaling, INRs) sharing every other parameter and buffer with `network`, so the frozen
+    backbone is not copied; `share_frozen=False` copies everything (for training every weight)."""
+    if not share_frozen:
+        return copy.deepcopy(network)
+    owned = set(trainable_state(network))
+    named = chain(network.named_parameters(remove_duplicate=False), network.named_buffers(remove_duplicate=False))
+    memo: dict[int, Any] = {id(tensor): tensor for name, tensor in named if name not in owned}
+    return copy.deepcopy(network, memo)
+
+
 def save_adapters(model: IMedSAM, path: str | os.PathLike, header: dict[str, Any], overwrite: bool = True) -> Path:
     """Save only trainable tensors (adapters, prompt encoder, upscaling, INR) with a JSON header.
 
@@ -194,8 +208,9 @@ def save_adapters(model: IMedSAM, path: str | os.PathLike, header: dict[str, Any
     return atomic_save_safetensors(trainable_state(model), path, full, overwrite=overwrite)
 
 
-def load_adapters(model: IMedSAM, path: str | os.PathLike, base_sha256: str | None = None) -> dict[str, Any]:
-    """Load an adapter file into `model`; checks architecture (and base hash when given). Returns the header."""
+def _read_adapter_file(path: str | os.PathLike, model: IMedSAM, base_sha256: str | None
+                       ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and header of an adapter file, checked: its format, architecture and (when given) base."""
     tensors, header = read_safetensors(path)
     if header.get("format") != "imedsam-adapters/1":
         raise CheckpointError(f"{path}: not an adapter file (format {header.get('format')!r})")
@@ -209,9 +224,21 @@ def load_adapters(model: IMedSAM, path: str | os.PathLike, base_sha256: str | No
             f"{path}: adapters were trained on base {header.get('base_model')} "
             f"(sha256 {str(header.get('base_sha256'))[:12]}…), not on the loaded weights ({base_sha256[:12]}…)"
         )
+    return tensors, header
+
+
+def load_adapters(model: IMedSAM, source: str | os.PathLike | Mapping[str, torch.Tensor],
+                  base_sha256: str | None = None) -> dict[str, Any]:
+    """Load adapters into `model`: an adapter file (format, architecture and, when given, base hash
+    checked) or a mapping of tensors; either must hold exactly the model's trainable tensors
+    (`trainable_state`). Returns the file's header ({} for a mapping)."""
+    if isinstance(source, Mapping):
+        tensors, header, where = dict(source), {}, "in-memory adapters"
+    else:
+        (tensors, header), where = _read_adapter_file(source, model, base_sha256), str(source)
     problems = tensor_mismatch(shapes_of(trainable_state(model)), shapes_of(tensors))
     if problems:
-        raise CheckpointError(f"{path}: adapter tensors do not match the model: {problems}")
+        raise CheckpointError(f"{where}: adapter tensors do not match the model: {problems}")
     model.load_state_dict(tensors, strict=False)
     return header
 
