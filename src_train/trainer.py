@@ -188,10 +188,13 @@ def _schedule(options: TrainOptions, n_train: int) -> tuple[int, int, int]:
     return steps_per_epoch, epochs, options.steps or steps_per_epoch * epochs
 
 
+def _trained_state(network: IMedSAM, mode: str) -> dict[str, torch.Tensor]:
+    """What training changes (and saves): every tensor in `full` mode, else the trainable ones."""
+    return network.state_dict() if mode == "full" else trainable_state(network)
+
+
 def _snapshot(network: IMedSAM, mode: str) -> dict[str, torch.Tensor]:
-    """A copy of what training changes: every tensor in `full` mode, else the trainable ones."""
-    state = network.state_dict() if mode == "full" else trainable_state(network)
-    return {k: v.detach().clone() for k, v in state.items()}
+    return {k: v.detach().clone() for k, v in _trained_state(network, mode).items()}
 
 
 def _header(loaded: LoadedModel, samples: list[Sample], options: TrainOptions, n_train: int, n_val: int,
@@ -226,8 +229,8 @@ def train(loaded: LoadedModel, samples: list[Sample], options: TrainOptions, out
           on_step: Callable[[int, int], None] | None = None) -> TrainReport:
     """Fit a copy of `loaded`, validate each epoch, keep the best weights (the starting ones included),
     save them as a new version and return them in the report (`report.model`); `loaded` itself is
-    never changed (the copy shares its frozen tensors, except in `full` mode, which trains them). `on_step(step,
-    total)` reports progress; `should_stop()` is checked every step."""
+    never changed (the copy shares its frozen tensors; `full` mode, which trains them all, copies all).
+    `on_step(step, total)` reports progress; `should_stop()` is checked every step."""
     check_options(options)
     rank, world = distributed_rank()
     loaded = replace(loaded, network=copy_network(loaded.network, share_frozen=options.mode != "full"),
@@ -235,8 +238,8 @@ def train(loaded: LoadedModel, samples: list[Sample], options: TrainOptions, out
                      zoom_margin=loaded.zoom_margin if options.zoom_margin is None else float(options.zoom_margin))
     network = loaded.network
     if rank == 0:  # before any work: the result can be written (folder, permissions, free space)
-        saved = network.state_dict() if options.mode == "full" else trainable_state(network)
-        prepare_output(out_dir, name, sum(t.numel() * t.element_size() for t in saved.values()))
+        saved = _trained_state(network, options.mode).values()
+        prepare_output(out_dir, name, sum(t.numel() * t.element_size() for t in saved))
     torch.manual_seed(options.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
     rng = np.random.default_rng(options.seed + rank)  # each rank draws its own batches
     train_set, val_set = split(samples, options.val_fraction, options.seed)
@@ -252,11 +255,12 @@ def train(loaded: LoadedModel, samples: list[Sample], options: TrainOptions, out
     next_batch = _batch_source(train_set, predictor, options, rng, encode)
     steps_per_epoch, epochs, total_steps = _schedule(options, len(train_set))
     start = time.perf_counter()
-    wrap = (lambda module: nn.parallel.DistributedDataParallel(module, find_unused_parameters=True)) \
-        if world > 1 else None  # gradients are averaged across ranks by DDP
+    def ddp(step: nn.Module) -> nn.Module:  # gradients are averaged across ranks
+        return nn.parallel.DistributedDataParallel(step, find_unused_parameters=True)
+
     loop = Loop(network, parameter_groups(network, options.mode, options.lr_decoder, options.lr_adapters,
                                           options.lr_encoder),
-                total_steps, next_batch, encode=encode, wrap=wrap, cosine=options.cosine,
+                total_steps, next_batch, encode=encode, wrap=ddp if world > 1 else None, cosine=options.cosine,
                 fine_only=options.mode == "fine", max_seconds=options.max_seconds,
                 elapsed=lambda: _elapsed(start, world, loaded.device))
     # The starting weights compete too: a run that does not beat them on the held-back samples keeps them.
