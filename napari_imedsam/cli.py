@@ -215,7 +215,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return cmd_train_corrector(args)
 
     from src_train.data import load_dataset
-    from src_train.trainer import TrainOptions, check_name, check_options, train
+    from src_train.trainer import EpochRecord, TrainOptions, check_name, check_options, train
 
     options = TrainOptions(mode=args.mode, epochs=args.epochs, max_seconds=args.max_seconds, seed=args.seed,
                            batch_size=args.batch_size, n_points=args.points, zoom=args.zoom,
@@ -227,9 +227,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     loaded = _load(args)
     print(f"training {loaded.model_id} in {args.mode} mode on {len(samples)} samples from {args.data}")
 
-    def report(record: dict) -> None:
-        print(f"  epoch {record['epoch']:3d}  loss {record['loss']:.4f}  val Dice {record['val_dice']:.4f}  "
-              f"({record['seconds']:.0f} s)", flush=True)
+    def report(record: EpochRecord) -> None:
+        print(f"  epoch {record.epoch:3d}  loss {record.loss:.4f}  val Dice {record.val_dice:.4f}  "
+              f"({record.seconds:.0f} s)", flush=True)
 
     result = train(loaded, samples, options, args.out, name=args.name, on_epoch=report,
                    command="imedsam " + " ".join(sys.argv[1:]))

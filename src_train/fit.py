@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,10 +15,8 @@ from napari_imedsam.inference.preprocess import grid_points, normalized_points, 
 from napari_imedsam.model.imedsam import IMedSAM
 from napari_imedsam.model.inr import image_patches
 
-from .losses import imedsam_loss
+from .loop import Batch, Loop, parameter_groups
 from .points import box_of_mask, jitter_box, sample_points
-
-DECODER_GROUPS = ("prompt_encoder", "output_upscaling", "coarse_inr", "fine_inr")
 
 
 @dataclass
@@ -32,11 +30,6 @@ class EncodedExample:
     @property
     def box(self) -> np.ndarray:
         return box_of_mask(self.mask) if self.box_xyxy is None else np.asarray(self.box_xyxy, float)
-
-
-def decoder_parameters(network: IMedSAM) -> list[torch.nn.Parameter]:
-    groups = network.parameter_groups()
-    return [p for group in DECODER_GROUPS for _, p in groups[group]]
 
 
 def sample_clicks(mask: np.ndarray, region: tuple[int, int, int, int], count: int,
@@ -149,28 +142,25 @@ def make_batch(examples: Sequence[EncodedExample], rng: np.random.Generator, n_p
     return {k: v.to(device) for k, v in batch.items()} if device is not None else batch
 
 
+def batches(pick: Callable[[np.ndarray], list[EncodedExample]], count: int, rng: np.random.Generator,
+            batch_size: int, n_points: int, **options) -> Callable[[], Batch]:
+    """A batch source for `Loop`: each call draws `batch_size` indices in range(count), `pick` turns them
+    into examples, `make_batch(examples, rng, n_points, **options)` into a batch."""
+    def next_batch() -> Batch:
+        return make_batch(pick(rng.integers(0, count, batch_size)), rng, n_points, **options)
+
+    return next_batch
+
+
 def fit_decoder(network: IMedSAM, examples: Sequence[EncodedExample], steps: int, *, batch_size: int = 4,
                 n_points: int = 1024, lr: float = 1e-3, seed: int = 0) -> list[float]:
-    """Train prompt encoder, upscaling and both INRs for `steps` steps; returns the loss per step."""
+    """Train prompt encoder, upscaling and both INRs for `steps` steps (constant learning rate); returns
+    the loss per step. The network is left in eval mode with every parameter frozen."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    params = decoder_parameters(network)
-    for p in params:
-        p.requires_grad_(True)
-    optimizer = torch.optim.AdamW(params, lr=lr)
-    network.train()
-    losses = []
-    for step in range(steps):
-        chosen = [examples[i] for i in rng.integers(0, len(examples), batch_size)]
-        batch = make_batch(chosen, rng, n_points, patch_size=network.config.decoder.fine_image_patch)
-        outputs = network.forward_train(batch["embedding"], batch["boxes"], batch["extent"], batch["points"],
-                                        batch.get("patches"))
-        loss = imedsam_loss(outputs, batch["labels"], progress=step / max(1, steps - 1))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
-    network.eval()
-    for p in params:
-        p.requires_grad_(False)
+    next_batch = batches(lambda chosen: [examples[i] for i in chosen], len(examples), rng, batch_size, n_points,
+                         patch_size=network.config.decoder.fine_image_patch)
+    loop = Loop(network, parameter_groups(network, "decoder", lr_decoder=lr), steps, next_batch)
+    losses, _ = loop.run(steps)
+    loop.finish()
     return losses

@@ -51,10 +51,10 @@ from .data import Sample, load_folder
 from .demo_recipe import build as build_shared_sets
 from .demo_recipe import save_image
 from .fit import EncodedExample
+from .loop import cosine_factor
 from .losses import imedsam_loss
 from .prompt_cache import CachedObject, cache_object, cached_batch
 from .scenes import ct_scene, scene_targets
-from .trainer import cosine_factor
 
 DATA_TERMS = ("Kvasir-SEG (research and education only), BraTS 2013 FLAIR of patients 3-4 "
               "(training) and 5 (validation) (CC BY-NC-SA 3.0), generated ellipse phantoms and CT-like scenes; "

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from napari_imedsam.model.imedsam import TrainOutputs
+
 
 def dice_loss(logits: torch.Tensor, targets: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
     """Soft Dice over the last axis (points), averaged over the batch."""
@@ -26,13 +28,13 @@ def coarse_fine_weights(progress: float) -> tuple[float, float]:
     return 0.8 - 0.6 * progress, 0.2 + 0.6 * progress
 
 
-def imedsam_loss(outputs: dict[str, torch.Tensor], targets: torch.Tensor, progress: float,
+def imedsam_loss(outputs: TrainOutputs, targets: torch.Tensor, progress: float,
                  fine_only: bool = False) -> torch.Tensor:
     """Weighted coarse + fine loss; the fine INR is supervised at the points UGS selected."""
-    fine_targets = targets.gather(1, outputs["fine_index"])
+    fine_targets = targets.gather(1, outputs.fine_index)
     if fine_only:
-        return bce_dice_loss(outputs["fine_logit"], fine_targets)
+        return bce_dice_loss(outputs.fine_logit, fine_targets)
     w_coarse, w_fine = coarse_fine_weights(progress)
-    return w_coarse * bce_dice_loss(outputs["coarse_logit"], targets) + w_fine * bce_dice_loss(
-        outputs["fine_logit"], fine_targets
+    return w_coarse * bce_dice_loss(outputs.coarse_logit, targets) + w_fine * bce_dice_loss(
+        outputs.fine_logit, fine_targets
     )

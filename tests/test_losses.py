@@ -81,7 +81,7 @@ def test_baselines_and_uncertainty_auroc_on_known_inputs():
 
 
 def test_time_budget_drives_progress_and_the_cosine_schedule():
-    from src_train.trainer import cosine_factor, run_progress
+    from src_train.loop import cosine_factor, run_progress
 
     assert run_progress(10, 100_000, 0.0, None) < 1e-3  # step-driven: barely started
     assert run_progress(10, 100_000, 30.0, 60.0) == 0.5  # a time budget ends the run sooner

@@ -115,7 +115,7 @@ def test_decoder_mode_training_improves_and_saves_versions(tmp_path):
     loaded = untrained()
     report = train(loaded, samples, TrainOptions(mode="decoder", epochs=60, seed=0), tmp_path / "out", name="demo")
     assert report.after["dice"] > report.before["dice"] + 0.2
-    assert report.history[-1]["loss"] < report.history[0]["loss"]
+    assert report.history[-1].loss < report.history[0].loss
     tensors, header = read_safetensors(report.version_path)
     assert report.version_path.name == "v001.safetensors"
     assert header["mode"] == "decoder" and header["base_model"] == "tiny"
@@ -321,7 +321,7 @@ def test_click_training_batches_carry_clicks_on_the_object_and_off_it_and_train_
     weight.requires_grad_(True)
     out = network.forward_train(batch["embedding"], batch["boxes"], batch["extent"], batch["points"],
                                 clicks=(batch["click_coords"], batch["click_labels"]))
-    out["coarse_logit"].sum().backward()
+    out.coarse_logit.sum().backward()
     assert weight.grad is not None and weight.grad.abs().sum() > 0
     assert "click_coords" not in make_batch([example], rng, 64, clicks=0.0)
     # error-driven: each click lies where the model's own mask is wrong: on the object if positive

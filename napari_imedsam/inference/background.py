@@ -40,9 +40,7 @@ class BackgroundEmbedder:
 
     def _token(self) -> tuple:
         predictor, window = self.session.predictor, self.session.window
-        model = predictor.model
-        return (model.model_id, model.weights_sha256, model.adapter_version,
-                None if window is None else window.cache_token())
+        return (*predictor.model.cache_token, None if window is None else window.cache_token())
 
     def pending(self) -> list[int | None]:
         """Slices still to embed, in the order they would be embedded now."""

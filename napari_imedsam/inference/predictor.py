@@ -127,8 +127,8 @@ class Predictor:
     # ---- embedding ------------------------------------------------------------------------
     def embedding_key(self, image: np.ndarray, window: IntensityWindow | None, slice_index: int | None) -> tuple:
         window = window or IntensityWindow()
-        return (content_digest(image), slice_index, self.model.model_id, self.model.weights_sha256,
-                self.model.adapter_version, window.cache_token(), self.network.config.encoder.img_size)
+        return (content_digest(image), slice_index, *self.model.cache_token, window.cache_token(),
+                self.network.config.encoder.img_size)
 
     def embed(self, image: np.ndarray, window: IntensityWindow | None = None,
               slice_index: int | None = None) -> Embedding:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -126,16 +126,17 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     if count > MAX_PARAMETERS:
         raise ConfigError(f"the config describes {count / 1e9:.1f} billion parameters (limit "
                           f"{MAX_PARAMETERS / 1e9:.0f} billion)")
-    return {key: tuple(value.shape) for key, value in network.state_dict().items()}
+    return shapes_of(network.state_dict())
 
 
-def check_tensors(config: ModelConfig, shapes: Mapping[str, tuple[int, ...]]) -> None:
-    """A whole-model file holds exactly the tensors its config describes, with the same shapes."""
-    expected = expected_shapes(config)
-    missing = sorted(set(expected) - set(shapes))
-    unexpected = sorted(set(shapes) - set(expected))
-    wrong = [f"{k} {tuple(shapes[k])} (config says {expected[k]})" for k in expected
-             if k in shapes and tuple(shapes[k]) != expected[k]]
+def tensor_mismatch(expected: Mapping[str, tuple[int, ...]], found: Mapping[str, tuple[int, ...]],
+                    optional: Callable[[str], bool] = lambda key: False) -> str:
+    """How the tensors `found` differ from those `expected` (name -> shape), as one clause: missing ones
+    (but `optional`), unexpected ones, wrong shapes; "" when they match."""
+    missing = [k for k in expected if k not in found and not optional(k)]
+    unexpected = [k for k in found if k not in expected]
+    wrong = [f"{k} {tuple(found[k])} (expected {tuple(expected[k])})" for k in expected
+             if k in found and tuple(found[k]) != tuple(expected[k])]
     problems = []
     if missing:
         problems.append(f"{len(missing)} tensors missing, e.g. {missing[:3]}")
@@ -143,8 +144,18 @@ def check_tensors(config: ModelConfig, shapes: Mapping[str, tuple[int, ...]]) ->
         problems.append(f"{len(unexpected)} unexpected tensors, e.g. {unexpected[:3]}")
     if wrong:
         problems.append(f"{len(wrong)} tensors of the wrong shape, e.g. {wrong[:2]}")
+    return "; ".join(problems)
+
+
+def shapes_of(tensors: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {key: tuple(value.shape) for key, value in tensors.items()}
+
+
+def check_tensors(config: ModelConfig, shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """A whole-model file holds exactly the tensors its config describes, with the same shapes."""
+    problems = tensor_mismatch(expected_shapes(config), shapes)
     if problems:
-        raise ConfigError("the tensors do not match the header's config: " + "; ".join(problems))
+        raise ConfigError(f"the tensors do not match the header's config: {problems}")
 
 
 def check_inference(header: Mapping[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from segment_anything.modeling import ImageEncoderViT
 from torch import nn
 
 from .config import EncoderConfig
-from .frequency import FrequencyAdapter, fourier_spectrum
+from .frequency import FrequencyAdapter, adapted_blocks, fourier_spectrum
 from .lora import LoRAQKV
 
 
@@ -56,10 +56,5 @@ class AdaptedImageEncoder(ImageEncoderViT):
             # The spectrum goes through the same frozen patch + position embedding as the image.
             spectrum = fourier_spectrum(x, self.config.fa_spectrum).expand(-1, 3, -1, -1)
             freq = self._embed(spectrum.to(x.dtype))
-        for index, block in enumerate(self.blocks):
-            tokens = block(tokens)
-            if freq is not None:
-                adapter = self.freq_adapters[index]
-                freq = adapter(freq)
-                tokens = tokens + adapter.scale * freq
+        tokens = adapted_blocks(self.blocks, tokens, freq, self.freq_adapters)
         return self.neck(tokens.permute(0, 3, 1, 2))

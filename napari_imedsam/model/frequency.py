@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -46,3 +48,16 @@ class FrequencyAdapter(nn.Module):
     def forward(self, freq: torch.Tensor) -> torch.Tensor:
         """Advance the frequency stream by one block; returns the new stream."""
         return freq + self.up(self.act(self.down(self.norm(freq))))
+
+
+def adapted_blocks(blocks: Sequence[nn.Module], x: torch.Tensor, freq: torch.Tensor | None,
+                   adapters: Sequence[FrequencyAdapter]) -> torch.Tensor:
+    """Run `blocks` in turn; with a frequency stream `freq`, each block's adapter advances it and adds it
+    to the block's output times the adapter's `scale`."""
+    for index, block in enumerate(blocks):
+        x = block(x)
+        if freq is not None:
+            adapter = adapters[index]
+            freq = adapter(freq)
+            x = x + adapter.scale * freq
+    return x

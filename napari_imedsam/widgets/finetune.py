@@ -152,22 +152,29 @@ class FineTuner:
         self.last_report = report
         version = f"{report.version_path.parent.name}/{report.version_path.stem}"
         state = self.dock.state
-        state.versions[version] = ({k: v.clone() for k, v in trainable_state(report.model.network).items()},
-                                   str(report.version_path))
+        base = state.versions.get("base")
+        if base is None or base.cache_token[:2] != report.model.cache_token[:2]:
+            show_warning(f"{report.summary}. Saved {report.version_path}; another model was loaded meanwhile, "
+                         "so this version is not offered here (load it with the model it was trained on)")
+            return
+        # the base's frozen weights, shared, with this run's adapters: switching never reloads or copies them
+        state.versions[version] = base.with_adapters(trainable_state(report.model.network), str(report.version_path))
         self.dock.version_combo.choices = list(state.versions)
-        self.dock.version_combo.value = version  # loads it (see use_version)
+        self.dock.version_combo.value = version  # switches to it (see use_version)
         message = f"{report.summary}. Loaded {version}" + (" (cancelled early)" if report.cancelled else "")
         (show_warning if report.n_val < 3 else show_info)(message)
         self.dock.set_status(message)
 
     def use_version(self, version: str) -> None:
-        """Switch the live model to an adapter version (`base` restores the weights before fine-tuning)."""
+        """Switch the live model to an adapter version (`base`: the model as loaded). Each version is its
+        own handle over the same frozen weights; the predictor and sessions move to it."""
+        from .models import serve
+
         state = self.dock.state
-        if state.model is None or version not in state.versions:
+        model = state.versions.get(version)
+        if state.model is None or model is None or model is state.model:
             return
-        tensors, version_id = state.versions[version]
-        state.model.network.load_state_dict(tensors, strict=False)
-        state.model.adapter_version = version_id  # a new embedding cache key: nothing stale is reused
+        serve(self.dock, model)  # a new embedding cache key (the handle's cache_token): nothing stale is reused
         self.dock.set_status(f"Using adapter version {version}.")
         self.dock.prefetch()  # embed the slices again, for this version
 

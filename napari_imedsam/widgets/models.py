@@ -33,20 +33,29 @@ def load_selected(self: IMedSAMWidget) -> None:
 
 def use(self: IMedSAMWidget, loaded, corrector=None) -> None:
     """Make a loaded model (and corrector) the dock's model: versions reset, layers ready, slices embedding."""
-    from ..inference.crops import INTERACTIVE_TOLERANCE
-    from ..inference.predictor import Predictor
-    from ..model.weights import trainable_state
-
-    self.state.model, self.state.corrector = loaded, corrector
-    self.state.predictor = Predictor(loaded, crop_tolerance=INTERACTIVE_TOLERANCE)
-    self.state.versions = {"base": ({k: v.clone() for k, v in trainable_state(loaded.network).items()},
-                                    loaded.adapter_version)}
+    self.state.corrector = corrector
+    serve(self, loaded, keep_cache=False)
+    self.state.versions = {"base": loaded}
     self.version_combo.choices = ["base"]
     image_changed(self)
     if not self.status_text().startswith("Error"):
         self.set_status(f"Model {loaded.model_id} ready on {loaded.device}. Draw a box on "
                         f"'{self.image_layer().name}'." if self.image_layer() is not None else
                         f"Model {loaded.model_id} ready on {loaded.device}. Open an image, then draw a box.")
+
+
+def serve(self: IMedSAMWidget, model, keep_cache: bool = True) -> None:
+    """Make `model` (a LoadedModel handle) the one every box, session and background embedding uses: a
+    new Predictor, over the same embedding cache with `keep_cache` (its keys carry the handle's
+    `cache_token`, so no embedding of other weights is reused)."""
+    from ..inference.crops import INTERACTIVE_TOLERANCE
+    from ..inference.predictor import Predictor
+
+    cache = self.state.predictor.cache if keep_cache and self.state.predictor is not None else None
+    self.state.model = model
+    self.state.predictor = Predictor(model, cache=cache, crop_tolerance=INTERACTIVE_TOLERANCE)
+    for session in self.state.sessions.values():
+        session.predictor = self.state.predictor
 
 
 def image_changed(self: IMedSAMWidget) -> None:

@@ -23,7 +23,7 @@ class ViewerState:
     model: LoadedModel | None = None
     predictor: Any = None
     corrector: Any = None  # the model's Dual False Corrector, when it has one
-    versions: dict[str, tuple[dict, str]] = field(default_factory=dict)  # name -> (trainable tensors, id)
+    versions: dict[str, LoadedModel] = field(default_factory=dict)  # name -> handle; "base": as loaded
     sessions: dict[tuple, AnnotationSession] = field(default_factory=dict)
     edited: dict[int, np.ndarray] = field(default_factory=dict)  # labels layer id -> user-edit mask
     accepted: dict[tuple, set] = field(default_factory=dict)  # (labels layer id, axis) -> accepted slices

@@ -9,6 +9,7 @@ import torch
 
 from napari_imedsam.inference.boxes import box_of_mask
 from napari_imedsam.inference.predictor import Predictor
+from napari_imedsam.model.weights import read_safetensors, trainable_state
 
 from .conftest import dice, open_image, select
 from .user import drag_box, stroke
@@ -39,9 +40,6 @@ def box_and_propagate(viewer, dock, image, truth):
 
 def test_propagate_review_accept_fine_tune_and_back_to_base(docked, tmp_path, monkeypatch):
     viewer, dock = docked
-    import copy
-
-    dock.set_model(copy.deepcopy(dock.state.model))  # fine-tuning changes weights: keep the fixture's intact
     image, boxes, labels, truth = phantom(viewer, dock)
     labels = box_and_propagate(viewer, dock, image, truth)
     predicted = labels.data == 1
@@ -73,13 +71,13 @@ def test_propagate_review_accept_fine_tune_and_back_to_base(docked, tmp_path, mo
     for z in accepted:
         dock.go_to_slice(z)
         dock.accept_button.clicked()
-    model = dock.state.model
+    model = dock.state.model  # the session fixture's handle: fine-tuning and versions never change it
     base_state = {k: v.clone() for k, v in model.network.state_dict().items()}
     others = [z for z in range(8, 33, 3) if z not in accepted]
     window = dock.session().window
 
     def unaccepted_dice() -> float:
-        predictor = Predictor(model)
+        predictor = Predictor(dock.state.model)
         return float(np.mean([dice(predictor.predict(image.data[z], box_of_mask(truth[z]), window=window)
                                    .refined_mask, truth[z]) for z in others]))
 
@@ -94,14 +92,24 @@ def test_propagate_review_accept_fine_tune_and_back_to_base(docked, tmp_path, mo
     assert report.n_val >= 2 and "held-back sample(s): before" in dock.status_text()
     assert len(list((workdir / "exports").glob("*/labelsTr/*.nii.gz"))) == len(accepted)
     assert dock.version_combo.value.endswith("/v001")
+    tuned = dock.state.model  # a new handle over the base's frozen tensors, with the trained adapters
+    assert tuned is not model and tuned.adapter_version == str(report.version_path)
+    assert dock.state.predictor.model is tuned and dock.session().predictor is dock.state.predictor
+    trainable = set(trainable_state(model.network))
+    tuned_state = tuned.network.state_dict()
+    assert all(tuned_state[k].data_ptr() == v.data_ptr() for k, v in model.network.state_dict().items()
+               if k not in trainable)
+    saved, _ = read_safetensors(report.version_path)
+    assert set(saved) == trainable and all(torch.equal(tuned_state[k], v) for k, v in saved.items())
     tuned_dice = unaccepted_dice()
     print(f"fine-tuned: Dice on unaccepted slices {base_dice:.4f} -> {tuned_dice:.4f}; {report.summary}")
     assert tuned_dice >= base_dice - 0.01
 
-    dock.version_combo.value = "base"  # switch back: predictions are bit-identical to before
+    dock.version_combo.value = "base"  # switch back: the base handle itself, predictions bit-identical
+    assert dock.state.model is model and dock.state.predictor.model is model
     for key, value in model.network.state_dict().items():
         assert torch.equal(value, base_state[key]), key
-    again = Predictor(model).predict(image.data[30], box_of_mask(truth[30]), window=window)
+    again = Predictor(dock.state.model).predict(image.data[30], box_of_mask(truth[30]), window=window)
     np.testing.assert_array_equal(again.refined_prob, base_prediction.refined_prob)
 
 
