@@ -80,3 +80,19 @@ def test_the_predictor_applies_clicks_on_a_real_image_without_re_encoding():
     assert dice(clicked.refined_mask, truth) >= dice(mask, truth)
     untouched = np.broadcast_to(np.abs(np.arange(image.shape[0])[:, None] - row) > 60, truth.shape)
     np.testing.assert_array_equal(clicked.refined_prob[untouched], plain.refined_prob[untouched])
+
+
+def test_clicks_reach_the_prompt_encoder_only_for_weights_trained_with_them():
+    from dataclasses import replace
+
+    from napari_imedsam.model.checks import ConfigError, check_inference
+
+    from .conftest import untrained
+
+    loaded = untrained()
+    assert not Predictor(loaded).prompt_clicks
+    assert Predictor(replace(loaded, prompt_clicks=True)).prompt_clicks
+    assert check_inference({"inference": {"prompt_clicks": True}})["prompt_clicks"] is True
+    assert check_inference({}) == {} and check_inference({"inference": {}})["prompt_clicks"] is False
+    with pytest.raises(ConfigError, match="prompt_clicks"):
+        check_inference({"inference": {"prompt_clicks": "yes"}})

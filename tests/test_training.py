@@ -212,7 +212,7 @@ def test_zoom_training_records_inference_mode_in_the_header(tmp_path):
     samples = load_dataset(tmp_path / "data")
     report = train(untrained(), samples, TrainOptions(mode="decoder", epochs=20, zoom=True), tmp_path / "out")
     _, header = read_safetensors(report.version_path)
-    assert header["inference"] == {"zoom": True, "zoom_margin": 0.25}
+    assert header["inference"] == {"zoom": True, "zoom_margin": 0.25, "prompt_clicks": False}
     assert report.after["dice"] > report.before["dice"]
     reloaded = untrained("tiny", adapters=report.version_path)
     assert reloaded.zoom and Predictor(reloaded).zoom  # used with zoom by default, as trained
