@@ -51,8 +51,7 @@ from .data import Sample, load_folder
 from .demo_recipe import build as build_shared_sets
 from .demo_recipe import save_image
 from .fit import EncodedExample
-from .loop import cosine_factor
-from .losses import imedsam_loss
+from .loop import Loop
 from .prompt_cache import CachedObject, cache_object, cached_batch
 from .scenes import ct_scene, scene_targets
 
@@ -173,47 +172,41 @@ def fit_heads(loaded: LoadedModel, train: list[CachedObject], val: list[tuple[st
     rng = np.random.default_rng(seed)
     groups = network.parameter_groups()
     params = [p for name in ("coarse_inr", "fine_inr") for _, p in groups[name]]
-    for p in params:
-        p.requires_grad_(True)
-    optimizer = torch.optim.AdamW(params, lr=lr)
+    budget, start = minutes * 60.0, time.perf_counter()
+
+    def next_batch() -> dict:
+        picks = rng.integers(0, len(train), batch_size)
+        chosen = [(train[i], int(rng.integers(0, len(train[i].prompts)))) for i in picks]
+        prompt, batch = cached_batch(network, chosen, rng, n_points)
+        return {**batch, "prompt": prompt}
+
+    loop = Loop(network, [{"params": params, "lr": lr}], total_steps=2**62, next_batch=next_batch, cosine=True,
+                max_seconds=budget, elapsed=lambda: time.perf_counter() - start,
+                custom_forward=lambda b: network.train_outputs(b["prompt"], b["points"], b.get("patches")))
     predictor = Predictor(loaded)
     network.eval()
     history = [{"seconds": 0.0, "step": 0, **_validate(predictor, val)}]
     print(json.dumps(history[-1]), flush=True)
     best = (history[0]["dice"], {k: v.detach().clone() for k, v in network.state_dict().items()})
-    budget, start, step, last_check = minutes * 60.0, time.perf_counter(), 0, 0.0
+    last_check = 0.0
     while True:
         elapsed = time.perf_counter() - start
-        progress = min(1.0, elapsed / budget)
-        if elapsed - last_check >= validate_every or progress >= 1.0:
+        if elapsed - last_check >= validate_every or loop.progress() >= 1.0:
             network.eval()
-            history.append({"seconds": round(elapsed), "step": step, **_validate(predictor, val)})
+            history.append({"seconds": round(elapsed), "step": loop.step, **_validate(predictor, val)})
             print(json.dumps(history[-1]), flush=True)
             if history[-1]["dice"] > best[0]:
                 best = (history[-1]["dice"], {k: v.detach().clone() for k, v in network.state_dict().items()})
             last_check = elapsed
-            if progress >= 1.0:
+            if loop.progress() >= 1.0:
                 break
-        network.train()
-        for group in optimizer.param_groups:
-            group["lr"] = lr * cosine_factor(progress)
-        picks = rng.integers(0, len(train), batch_size)
-        chosen = [(train[i], int(rng.integers(0, len(train[i].prompts)))) for i in picks]
-        prompt, batch = cached_batch(network, chosen, rng, n_points)
-        outputs = network.train_outputs(prompt, batch["points"], batch.get("patches"))
-        loss = imedsam_loss(outputs, batch["labels"], progress=progress)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        step += 1
-        if step % 200 == 0:
-            record = {"step": step, "seconds": round(elapsed), "loss": round(float(loss.detach()), 4)}
-            print(json.dumps(record), flush=True)
-    for p in params:
-        p.requires_grad_(False)
+        losses, _ = loop.run(200, should_stop=lambda: loop.progress() >= 1.0)  # the time budget ends a chunk early
+        if losses:
+            print(json.dumps({"step": loop.step, "seconds": round(elapsed), "loss": round(losses[-1], 4)}), flush=True)
+    loop.finish()
     network.load_state_dict(best[1])
     network.eval()
-    return {"steps": step, "seconds": round(time.perf_counter() - start), "history": history,
+    return {"steps": loop.step, "seconds": round(time.perf_counter() - start), "history": history,
             "best_val_dice": best[0], "val_dice_before": history[0]["dice"]}
 
 

@@ -1,8 +1,9 @@
 """One optimisation loop for every trainer: which parameters train at which learning rate, how far a
 run is, the learning-rate schedule, and one AdamW step from a batch.
 
-`trainer.train` (validation rounds, checkpoints, DDP) and `fit.fit_decoder` (a quick decoder fit on
-encoded examples) both run their steps through `Loop`.
+`trainer.train` (validation rounds, checkpoints, DDP), `fit.fit_decoder` (a quick decoder fit on
+encoded examples) and `lite_recipe.fit_heads` (time-budgeted, on cached prompt paths: a custom
+forward) all run their steps through `Loop`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,7 +21,7 @@ from napari_imedsam.model.imedsam import IMedSAM, TrainOutputs
 from .losses import imedsam_loss
 
 DECODER_GROUPS = ("prompt_encoder", "output_upscaling", "coarse_inr", "fine_inr")
-Batch = dict[str, torch.Tensor]
+Batch = dict[str, Any]  # tensors in `fit.make_batch`'s layout, or whatever a custom `forward` reads
 
 
 def parameter_groups(network: IMedSAM, mode: str, lr_decoder: float, lr_adapters: float = 0.0,
@@ -89,6 +91,7 @@ class Loop:
     fine_only: bool = False  # the loss on Dec_f alone (`fine` mode)
     max_seconds: float | None = None
     elapsed: Callable[[], float] = lambda: 0.0
+    custom_forward: Callable[[Batch], TrainOutputs] | None = None  # instead of TrainStep (e.g. cached prompts)
     step: int = 0
     module: nn.Module = field(init=False)
     optimizer: torch.optim.Optimizer = field(init=False)
@@ -108,6 +111,8 @@ class Loop:
         return run_progress(self.step, self.total_steps, elapsed, self.max_seconds)
 
     def forward(self, batch: Batch) -> TrainOutputs:
+        if self.custom_forward is not None:
+            return self.custom_forward(batch)
         return self.module(batch["embedding"], batch["boxes"], batch["extent"], batch["points"],
                            batch.get("patches"), batch.get("click_coords"), batch.get("click_labels"))
 

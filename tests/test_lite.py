@@ -218,3 +218,25 @@ def test_trainer_decoder_mode_fine_tunes_the_lite_heads(tmp_path, liver):
     assert report.steps == 1 and report.version_path.is_file()
     reloaded = load_model("litemedsam", adapters=report.version_path)
     assert torch.equal(reloaded.network.coarse_inr.head.weight, report.model.network.coarse_inr.head.weight)
+
+
+def test_the_lite_recipe_fits_heads_through_the_shared_loop_within_its_time_budget(monkeypatch):
+    from napari_imedsam.io.phantoms import ellipse_phantom
+    from src_train import lite_recipe, loop
+
+    steps = []
+    original = loop.Loop.one_step
+    monkeypatch.setattr(loop.Loop, "one_step", lambda self: steps.append(1) or original(self))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = load_model("litemedsam", device="cpu")
+    predictor, rng = Predictor(loaded), np.random.default_rng(0)
+    examples = []
+    for _ in range(3):
+        image, mask = ellipse_phantom(96, rng)
+        examples.append(EncodedExample(predictor.embed(image), mask.astype(bool)))
+    train = [cache_object(loaded.network, f"phantom_{i}", e, rng) for i, e in enumerate(examples[:2])]
+    report = lite_recipe.fit_heads(loaded, train, [("phantom_2", examples[2])], minutes=0.05, seed=0)
+    assert report["steps"] == len(steps) > 0  # every step went through the one loop
+    assert report["seconds"] < 30 and report["best_val_dice"] >= report["val_dice_before"]
+    assert not any(p.requires_grad for p in loaded.network.parameters())
