@@ -16,6 +16,7 @@ evaluation sets.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -29,16 +30,20 @@ MIN_RADIUS = 3.0  # pixels: the smallest freed neighbourhood
 
 @dataclass(frozen=True)
 class ClickRegion:
-    """One click the model's mask disagrees with: where it is, its label, and how far it reaches."""
+    """One click on the pixel grid: where it is, its label, and how far it reaches."""
 
     row: int
     col: int
     positive: bool
-    depth: float  # distance from the click to the nearest pixel already carrying its label
+    depth: float  # distance to the nearest pixel already carrying its label: 0 where the mask agrees
+
+    @property
+    def freed_radius(self) -> float:
+        return max(MIN_RADIUS, GROW * self.depth)
 
 
-def disagreeing_clicks(mask: np.ndarray, points: np.ndarray) -> list[ClickRegion]:
-    """The clicks (x, y, positive) that land where `mask` says the opposite, with their depths."""
+def click_regions(mask: np.ndarray, points: np.ndarray) -> list[ClickRegion]:
+    """Every click (x, y, positive) on `mask`'s grid, with its depth in the region the mask gets wrong."""
     height, width = mask.shape
     regions = []
     distance_to = {}
@@ -46,18 +51,24 @@ def disagreeing_clicks(mask: np.ndarray, points: np.ndarray) -> list[ClickRegion
         row = int(np.clip(round(y), 0, height - 1))
         col = int(np.clip(round(x), 0, width - 1))
         positive = bool(label > 0)
-        if mask[row, col] == positive:
-            continue
-        if positive not in distance_to:  # distance from every pixel to the nearest pixel labelled `positive`
-            target = mask if positive else ~mask
-            distance_to[positive] = (ndimage.distance_transform_edt(~target) if target.any()
-                                     else np.full(mask.shape, float(max(height, width))))
-        regions.append(ClickRegion(row, col, positive, float(distance_to[positive][row, col])))
+        depth = 0.0
+        if mask[row, col] != positive:
+            if positive not in distance_to:  # distance from every pixel to the nearest pixel labelled `positive`
+                target = mask if positive else ~mask
+                distance_to[positive] = (ndimage.distance_transform_edt(~target) if target.any()
+                                         else np.full(mask.shape, float(max(height, width))))
+            depth = float(distance_to[positive][row, col])
+        regions.append(ClickRegion(row, col, positive, depth))
     return regions
 
 
+def disagreeing_clicks(mask: np.ndarray, points: np.ndarray) -> list[ClickRegion]:
+    """The clicks that land where `mask` says the opposite."""
+    return [region for region in click_regions(mask, points) if region.depth > 0]
+
+
 def correct_with_clicks(probability: np.ndarray, image01: np.ndarray, points: np.ndarray | None,
-                        grow: float = GROW, beta: float = BETA) -> np.ndarray:
+                        beta: float = BETA) -> np.ndarray:
     """The object probability after the clicks: `probability` (H, W) where the clicks agree with it
     or are far away, the random walker's object probability around each click it contradicts.
     `image01` is the (H, W) or (H, W, C) image in [0, 1]; `points` (N, 3) rows of (x, y, positive)."""
@@ -67,39 +78,35 @@ def correct_with_clicks(probability: np.ndarray, image01: np.ndarray, points: np
     if points is None or len(points) == 0:
         return probability
     mask = probability > 0.5
-    regions = disagreeing_clicks(mask, points)
-    if not regions:
+    regions = click_regions(mask, points)
+    wrong = [region for region in regions if region.depth > 0]
+    if not wrong:
         return probability
-    height, width = mask.shape
-    rows, cols = np.ogrid[:height, :width]
-    free = np.zeros((height, width), bool)
-    for region in regions:
-        radius = max(MIN_RADIUS, grow * region.depth)
-        free |= (rows - region.row) ** 2 + (cols - region.col) ** 2 <= radius * radius
-    seeds = np.where(mask, 1, 2).astype(np.int32)
+    height, width = mask.shape  # all work happens in the box around the freed neighbourhoods
+    r0 = max(min(math.ceil(r.row - r.freed_radius) for r in wrong) - 2, 0)
+    r1 = min(max(math.floor(r.row + r.freed_radius) for r in wrong) + 3, height)
+    c0 = max(min(math.ceil(r.col - r.freed_radius) for r in wrong) - 2, 0)
+    c1 = min(max(math.floor(r.col + r.freed_radius) for r in wrong) + 3, width)
+    rows, cols = np.ogrid[r0:r1, c0:c1]
+    free = np.zeros((r1 - r0, c1 - c0), bool)
+    for region in wrong:
+        free |= (rows - region.row) ** 2 + (cols - region.col) ** 2 <= region.freed_radius ** 2
+    seeds = np.where(mask[r0:r1, c0:c1], 1, 2).astype(np.int32)
     seeds[free] = 0
-    for click in np.asarray(points, dtype=np.float64).reshape(-1, 3):  # every click is a seed, agreeing or not
-        row = int(np.clip(round(click[1]), 0, height - 1))
-        col = int(np.clip(round(click[0]), 0, width - 1))
-        depth = next((r.depth for r in regions if (r.row, r.col) == (row, col)), 0.0)
-        radius = max(1.0, depth / 2)
-        seeds[(rows - row) ** 2 + (cols - col) ** 2 <= radius * radius] = 1 if click[2] > 0 else 2
-    r_idx, c_idx = np.nonzero(free)
-    r0, r1 = max(int(r_idx.min()) - 2, 0), min(int(r_idx.max()) + 3, height)
-    c0, c1 = max(int(c_idx.min()) - 2, 0), min(int(c_idx.max()) + 3, width)
-    crop_seeds = seeds[r0:r1, c0:c1]
-    if not (crop_seeds == 1).any() or not (crop_seeds == 2).any():  # one label only: it fills the region
-        walked = (crop_seeds != 2).astype(np.float32)
+    for region in regions:  # every click is a seed, agreeing or not
+        radius = max(1.0, region.depth / 2)
+        seeds[(rows - region.row) ** 2 + (cols - region.col) ** 2 <= radius * radius] = 1 if region.positive else 2
+    if not (seeds == 1).any() or not (seeds == 2).any():  # one label only: it fills the region
+        walked = (seeds != 2).astype(np.float32)
     else:
         crop = _single_channel_if_grey(np.asarray(image01, dtype=np.float64)[r0:r1, c0:c1])
         with warnings.catch_warnings():  # "probability range outside [0, 1]" by solver tolerance: clipped below
             warnings.simplefilter("ignore", UserWarning)
-            walked = random_walker(crop, crop_seeds, beta=beta, mode="cg_j", return_full_prob=True,
+            walked = random_walker(crop, seeds, beta=beta, mode="cg_j", return_full_prob=True,
                                    channel_axis=-1 if crop.ndim == 3 else None)[0]
         walked = np.clip(walked, 0.0, 1.0).astype(np.float32)
     corrected = probability.copy()
-    window = free[r0:r1, c0:c1]
-    corrected[r0:r1, c0:c1][window] = walked[window]
+    corrected[r0:r1, c0:c1][free] = walked[free]
     return corrected
 
 
