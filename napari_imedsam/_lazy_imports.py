@@ -38,3 +38,36 @@ def guard_triton() -> bool:
         return False
     sys.meta_path.insert(0, _BlockTriton())
     return True
+
+
+def preload_torch_libraries() -> bool:
+    """Map torch's shared libraries (and run their static initialisers) without holding the GIL.
+
+    `import torch` in a worker thread freezes the GUI thread: the extension import dlopens libtorch
+    (hundreds of MB, ~0.3 s of static initialisers) with the GIL held, and so does ctypes' own
+    `CDLL`. Calling libc's `dlopen` as a ctypes foreign function releases the GIL for the call, so a
+    worker can map the same libraries, with the flags torch itself uses, while the GUI keeps running;
+    the `import torch` that follows finds them loaded. Linux only; a no-op when torch is imported or
+    its files are not where expected (the import then loads them itself). Returns whether it mapped."""
+    import ctypes
+    import importlib.util
+    import os
+
+    if "torch" in sys.modules or not sys.platform.startswith("linux"):
+        return False
+    spec = importlib.util.find_spec("torch")
+    if spec is None or spec.origin is None:
+        return False
+    lib = Path(spec.origin).parent / "lib"
+    steps = ((lib / "libtorch_global_deps.so", os.RTLD_GLOBAL), (lib / "libtorch.so", os.RTLD_LOCAL))
+    if not all(path.is_file() for path, _ in steps):
+        return False
+    try:
+        dlopen = ctypes.CDLL(None).dlopen  # a foreign call: ctypes releases the GIL while it runs
+    except (OSError, AttributeError):
+        return False
+    dlopen.restype, dlopen.argtypes = ctypes.c_void_p, (ctypes.c_char_p, ctypes.c_int)
+    for path, scope in steps:
+        if not dlopen(os.fsencode(path), os.RTLD_NOW | scope):
+            return False  # e.g. a CUDA library missing: torch's own import finds or reports it
+    return True

@@ -7,11 +7,12 @@ number). So the mask stays visible with the heatmap on.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import napari
 import numpy as np
-from napari.layers import Image, Labels, Shapes
+from napari.layers import Image, Labels, Layer, Shapes
 from napari.utils.colormaps import Colormap
 
 from ..errors import InputError
@@ -99,27 +100,38 @@ class LayerSet:
         n = len(self.shape)
         return {"scale": self.image.scale[-n:], "translate": self.image.translate[-n:]}
 
-    def _get(self, name: str, make) -> object:
-        if name not in self.viewer.layers:
+    def _makers(self) -> list[tuple[str, Callable[[], Layer]]]:
+        """The plugin layers, in display order (bottom first), each with how to make it."""
+        shape, place = self.shape, self._placement()
+        return [
+            (UNCERTAINTY, lambda: Image(
+                np.zeros(shape, np.float32), name=UNCERTAINTY, colormap=UNCERTAINTY_COLORMAP,
+                blending="translucent", contrast_limits=UNCERTAINTY_LIMITS, **place)),
+            (COARSE, lambda: Image(
+                np.zeros(shape, np.float32), name=COARSE, colormap="gray", opacity=0.4, contrast_limits=(0, 1),
+                visible=False, **place)),
+            (LABELS, lambda: Labels(
+                np.zeros(shape, np.int32), name=LABELS, opacity=0.6,
+                metadata={"affine": self.image.metadata.get("affine")}, **place)),
+            (BOXES, lambda: Shapes(
+                ndim=len(shape), name=BOXES, edge_color="lime", face_color="transparent", edge_width=2,
+                features={"label": np.zeros(0, int)}, feature_defaults={"label": 0}, text=BOX_TEXT, **place)),
+        ]
+
+    def add_missing(self, limit: int | None = None) -> int:
+        """Add up to `limit` (default: all) missing plugin layers in display order; returns how many
+        are still missing."""
+        self.check_dimensions()
+        missing = [(name, make) for name, make in self._makers() if name not in self.viewer.layers]
+        for _, make in missing[:limit]:
             self.viewer.add_layer(make())
-        return self.viewer.layers[name]
+        return max(len(missing) - (len(missing) if limit is None else limit), 0)
 
     def ensure(self) -> tuple[Shapes, Labels, Image, Image]:
         """Create the plugin layers if missing (in display order); returns (boxes, labels, coarse, uncertainty)."""
-        self.check_dimensions()
-        shape, place = self.shape, self._placement()
-        uncertainty = self._get(UNCERTAINTY, lambda: Image(
-            np.zeros(shape, np.float32), name=UNCERTAINTY, colormap=UNCERTAINTY_COLORMAP, blending="translucent",
-            contrast_limits=UNCERTAINTY_LIMITS, **place))
-        coarse = self._get(COARSE, lambda: Image(
-            np.zeros(shape, np.float32), name=COARSE, colormap="gray", opacity=0.4, contrast_limits=(0, 1),
-            visible=False, **place))
-        labels = self._get(LABELS, lambda: Labels(
-            np.zeros(shape, np.int32), name=LABELS, opacity=0.6,
-            metadata={"affine": self.image.metadata.get("affine")}, **place))
-        boxes = self._get(BOXES, lambda: Shapes(
-            ndim=len(shape), name=BOXES, edge_color="lime", face_color="transparent", edge_width=2,
-            features={"label": np.zeros(0, int)}, feature_defaults={"label": 0}, text=BOX_TEXT, **place))
+        self.add_missing()
+        shape = self.shape
+        uncertainty, coarse, labels, boxes = (self.viewer.layers[name] for name in (UNCERTAINTY, COARSE, LABELS, BOXES))
         for layer, want in ((uncertainty, shape), (coarse, shape), (labels, shape)):
             if layer.data.shape != want:
                 raise InputError(f"layer '{layer.name}' has shape {layer.data.shape} but the image "

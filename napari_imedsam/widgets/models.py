@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .._lazy_imports import guard_triton
+from .._lazy_imports import guard_triton, preload_torch_libraries
 from ..errors import InputError
 from .controls import CHECKPOINT, UNTRAINED_TINY
 
@@ -27,16 +27,44 @@ def load_selected(self: IMedSAMWidget) -> None:
     corrector = str(self.corrector_file.value) if self.corrector_file.value else None
     self.set_status(f"Loading {source}…")
     self.workers.run("load", load_in_worker, source, self.device_combo.value, adapters, corrector,
-                     on_result=lambda loaded: use(self, *loaded),
+                     on_result=lambda loaded: use(self, *loaded, stepwise=True),
                      progress={"total": 0, "desc": f"I-MedSAM: loading {source}"})
 
 
-def use(self: IMedSAMWidget, loaded, corrector=None) -> None:
-    """Make a loaded model (and corrector) the dock's model: versions reset, layers ready, slices embedding."""
+def use(self: IMedSAMWidget, loaded, corrector=None, stepwise: bool = False) -> None:
+    """Make a loaded model (and corrector) the dock's model: versions reset, layers ready, slices
+    embedding. `stepwise`: add the plugin layers one per turn of the event loop (the Load button)."""
     self.state.corrector = corrector
     serve(self, loaded, keep_cache=False)
     self.state.versions = {"base": loaded}
     self.version_combo.choices = ["base"]
+    if stepwise:
+        self.set_status(f"Model {loaded.model_id} loaded; adding its layers…")
+        add_layers_stepwise(self, lambda: ready(self, loaded))
+    else:
+        ready(self, loaded)
+
+
+def add_layers_stepwise(self: IMedSAMWidget, then) -> None:
+    """Add the missing plugin layers one per turn of the event loop, then call `then()`. napari spends
+    ~60 ms of the GUI thread on each layer it adds (its controls, its first draw); all four at once
+    froze the window for ~250 ms right after loading."""
+    from qtpy.QtCore import QTimer
+
+    if self.workers.closed:
+        return
+    try:
+        remaining = self.layer_set().add_missing(limit=1)
+    except (InputError, ValueError):
+        remaining = 0  # no image, or one that cannot take them: `then` reports it
+    if remaining:
+        QTimer.singleShot(1, lambda: add_layers_stepwise(self, then))
+    else:
+        then()
+
+
+def ready(self: IMedSAMWidget, loaded) -> None:
+    """The model's layers exist: make the session, start embedding, say what to do next."""
     image_changed(self)
     if not self.status_text().startswith("Error"):
         self.set_status(f"Model {loaded.model_id} ready on {loaded.device}. Draw a box on "
@@ -79,6 +107,7 @@ def load_in_worker(source: str, device: str, adapters: str | None, corrector: st
     import warnings
 
     guard_triton()
+    preload_torch_libraries()  # the slow part of `import torch`, without freezing the GUI thread
     for name in ("pandas", "scipy.linalg", "scipy.ndimage", "napari_imedsam.inference.session",
                  "napari_imedsam.inference.propagation", "napari_imedsam.inference.review",
                  "napari_imedsam.inference.background", "napari_imedsam.model.weights"):

@@ -159,3 +159,36 @@ def test_closing_and_reopening_the_dock_keeps_the_model_and_the_work(docked):
     again.image_combo.value = image
     again.undo()  # the same session: the first box's result can be undone
     assert not (labels.data == 1).any()
+
+
+def test_load_button_adds_the_layers_one_turn_at_a_time_then_says_ready(make_napari_viewer, monkeypatch):
+    """The Load button with an image open: the worker loads, then each plugin layer is added in its own
+    turn of the event loop (so the window never freezes for all four), in display order, and only then
+    does the dock say the model is ready (boxes layer selected, ready to draw)."""
+    from qtpy.QtWidgets import QApplication
+
+    from napari_imedsam.widgets.layers import BOXES, COARSE, LayerSet
+
+    limits = []
+    add_missing = LayerSet.add_missing
+    monkeypatch.setattr(LayerSet, "add_missing",
+                        lambda self, limit=None: limits.append(limit) or add_missing(self, limit))
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample("napari-imedsam", "ct_thorax")
+    _, dock = viewer.window.add_plugin_dock_widget("napari-imedsam", "I-MedSAM annotator")
+    dock.reset_choices()
+    dock.image_combo.value = viewer.layers["CT thorax"]
+    seen = []
+    viewer.layers.events.inserted.connect(lambda event: seen.append(event.value.name))
+    dock.model_combo.value = "demo"
+    dock.load_button.native.click()
+    dock.wait_until_idle()  # the worker is done; the layers come in the next turns
+    for _ in range(200):
+        if "ready" in dock.status_text():
+            break
+        QApplication.processEvents()
+    assert "Model demo ready" in dock.status_text(), dock.status_text()
+    assert seen == [UNCERTAINTY, COARSE, LABELS, BOXES]
+    assert limits[:4] == [1, 1, 1, 1]  # one layer per turn (then the session's own check adds none)
+    names = [layer.name for layer in viewer.layers]
+    assert names[-4:] == seen and viewer.layers[BOXES].mode == "add_rectangle"
