@@ -29,3 +29,23 @@ def test_preload_maps_libtorch_before_import_and_torch_then_works():
     assert "mapped True True" in lines  # libtorch_cpu (a dependency of libtorch) is in the process
     assert "sum 6.0" in lines  # torch imported over the mapped libraries computes
     assert "again False" in lines  # once torch is imported it does nothing
+
+
+def test_without_collector_pauses_holds_the_collector_then_freezes_what_was_imported():
+    import gc
+
+    from napari_imedsam._lazy_imports import without_collector_pauses
+
+    gc.unfreeze()
+    try:
+        with without_collector_pauses():
+            assert not gc.isenabled()
+            made = [[i] for i in range(1000)]  # stands for the imported modules' objects
+        assert gc.isenabled() and gc.get_freeze_count() >= len(made)
+        gc.disable()  # a caller that had the collector off keeps it off
+        with without_collector_pauses():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+        gc.unfreeze()

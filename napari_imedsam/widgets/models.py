@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .._lazy_imports import guard_triton, preload_torch_libraries
+from .._lazy_imports import guard_triton, preload_torch_libraries, without_collector_pauses
 from ..errors import InputError
 from .controls import CHECKPOINT, UNTRAINED_TINY
 
@@ -26,9 +26,10 @@ def load_selected(self: IMedSAMWidget) -> None:
     adapters = str(self.adapters.value) if self.adapters.value else None
     corrector = str(self.corrector_file.value) if self.corrector_file.value else None
     self.set_status(f"Loading {source}…")
+    # No napari progress bar for this job: its first appearance makes Qt load a library, which waits
+    # for the loader lock that the worker's `preload_torch_libraries` holds (a 400 ms freeze, measured).
     self.workers.run("load", load_in_worker, source, self.device_combo.value, adapters, corrector,
-                     on_result=lambda loaded: use(self, *loaded, stepwise=True),
-                     progress={"total": 0, "desc": f"I-MedSAM: loading {source}"})
+                     on_result=lambda loaded: use(self, *loaded, stepwise=True))
 
 
 def use(self: IMedSAMWidget, loaded, corrector=None, stepwise: bool = False) -> None:
@@ -99,7 +100,8 @@ def image_changed(self: IMedSAMWidget) -> None:
 
 
 def load_in_worker(source: str, device: str, adapters: str | None, corrector: str | None):
-    """Worker: import the model code (after the triton guard), load the weights and the corrector
+    """Worker: import the model code (after the triton guard; torch's libraries mapped without the GIL,
+    no collector pauses), load the weights and the corrector
     (the file given, else the one bundled for this model). Returns (model, corrector or None).
     What the GUI thread imports next (the session and, for the boxes layer's features, pandas) is
     imported here too: a first import on the GUI thread would freeze it (pandas alone takes ~1 s)."""
@@ -107,11 +109,12 @@ def load_in_worker(source: str, device: str, adapters: str | None, corrector: st
     import warnings
 
     guard_triton()
-    preload_torch_libraries()  # the slow part of `import torch`, without freezing the GUI thread
-    for name in ("pandas", "scipy.linalg", "scipy.ndimage", "napari_imedsam.inference.session",
-                 "napari_imedsam.inference.propagation", "napari_imedsam.inference.review",
-                 "napari_imedsam.inference.background", "napari_imedsam.model.weights"):
-        importlib.import_module(name)
+    with without_collector_pauses():  # the GUI thread keeps running while these import
+        preload_torch_libraries()
+        for name in ("pandas", "scipy.linalg", "scipy.ndimage", "napari_imedsam.inference.session",
+                     "napari_imedsam.inference.propagation", "napari_imedsam.inference.review",
+                     "napari_imedsam.inference.background", "napari_imedsam.model.weights"):
+            importlib.import_module(name)
     from ..model.corrector import bundled_corrector, load_corrector
     from ..model.registry import load_model
 
