@@ -219,7 +219,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     options = TrainOptions(mode=args.mode, epochs=args.epochs, max_seconds=args.max_seconds, seed=args.seed,
                            batch_size=args.batch_size, n_points=args.points, zoom=args.zoom,
-                           augment=args.augment, val_fraction=args.val_fraction, clicks=args.clicks)
+                           augment=args.augment, val_fraction=args.val_fraction, clicks=args.clicks,
+                           add_sf_fusion=args.sf_fusion)
     check_options(options)  # before anything is loaded, trained or written
     check_name(args.name)
     rank = _init_distributed()  # "auto" then means this rank's GPU (set_device) or the CPU
@@ -332,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--val-fraction", type=float, default=0.2, help="share of samples held back for validation")
     train.add_argument("--clicks", type=float, default=0.0,
                        help="fraction of batches trained with 1-3 simulated clicks per sample (0-1)")
+    train.add_argument("--sf-fusion", action="store_true",
+                       help="add SF-RecSAM's spatial-frequency fusion adapter to every encoder block and train it "
+                            "(adapters / full modes; the adapter file brings it along)")
     train.set_defaults(func=cmd_train)
 
     evaluate = sub.add_parser("evaluate", help="Dice / IoU / HD95 with one tight box per image")

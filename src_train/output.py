@@ -55,6 +55,9 @@ def check_options(options: TrainOptions) -> None:
     for name in ("lr_adapters", "lr_decoder", "lr_encoder"):
         if not (number(getattr(options, name)) and getattr(options, name) > 0):
             raise InputError(f"{name} must be a positive number, got {getattr(options, name)!r}")
+    if getattr(options, "add_sf_fusion", False) and options.mode not in ("adapters", "full"):
+        raise InputError(f"--sf-fusion adds encoder adapters: train them in 'adapters' or 'full' mode, "
+                         f"not {options.mode!r}")
     margin = options.zoom_margin
     if margin is not None and not (number(margin) and 0.0 <= margin <= 2.0):
         raise InputError(f"zoom_margin must be in 0..2, got {margin!r}")

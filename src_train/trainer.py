@@ -22,6 +22,7 @@ import torch
 from torch import distributed as dist
 from torch import nn
 
+from napari_imedsam.errors import InputError
 from napari_imedsam.evaluation import evaluate  # noqa: F401 - also this module's API before evaluation.py
 from napari_imedsam.inference.predictor import Embedding, Predictor
 from napari_imedsam.inference.preprocess import UNIT, Geometry, normalize_intensity, to_model_input, zoom_region
@@ -67,6 +68,7 @@ class TrainOptions:
     keep_start: bool = True  # the starting weights compete with every validation round (never return worse)
     clicks: float = 0.0  # fraction of batches with 1-3 simulated click prompts per example (and looser boxes)
     click_source: str = "errors"  # "errors": where the model's own mask is wrong; "random": on / off the object
+    add_sf_fusion: bool = False  # add SF-RecSAM's fusion adapters to the encoder first (adapters / full modes)
 
 
 def _elapsed(start: float, world: int, device: torch.device) -> float:
@@ -238,6 +240,11 @@ def train(loaded: LoadedModel, samples: list[Sample], options: TrainOptions, out
                      zoom=loaded.zoom if options.zoom is None else bool(options.zoom),
                      zoom_margin=loaded.zoom_margin if options.zoom_margin is None else float(options.zoom_margin))
     network = loaded.network
+    if options.add_sf_fusion and not network.config.encoder.sf_fusion:
+        try:
+            network.add_sf_fusion(network.config.encoder.sf_hidden)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
     if rank == 0:  # before any work: the result can be written (folder, permissions, free space)
         saved = _trained_state(network, options.mode).values()
         prepare_output(out_dir, name, sum(t.numel() * t.element_size() for t in saved))

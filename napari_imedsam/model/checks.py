@@ -22,7 +22,7 @@ MAX_PARAMETERS = 2_000_000_000  # ~8 GB in float32: far above ViT-H (0.64 B), fa
 BOUNDS: dict[str, tuple[float, float]] = {
     "img_size": (16, 4096), "patch_size": (1, 64), "embed_dim": (8, 4096), "depth": (1, 64),
     "num_heads": (1, 64), "mlp_ratio": (0.25, 16.0), "window_size": (0, 256), "out_chans": (8, 4096),
-    "lora_rank": (0, 256), "fa_hidden": (1, 4096),
+    "lora_rank": (0, 256), "fa_hidden": (1, 4096), "sf_hidden": (1, 4096),
     "transformer_depth": (1, 16), "transformer_mlp_dim": (1, 16384), "transformer_heads": (1, 64),
     "pe_frequencies": (0, 32), "coarse_feature_dim": (1, 8192), "dropout": (0.0, 0.95), "mc_passes": (1, 256),
     "refine_fraction": (0.0, 1.0), "refine_min_uncertainty": (0.0, 1.0),
@@ -105,6 +105,8 @@ def check_config(config: ModelConfig) -> None:
         problems.append(f"encoder.global_attn_indexes {list(enc.global_attn_indexes)} must lie in 0..{enc.depth - 1}")
     if enc.fa_spectrum not in SPECTRA:
         problems.append(f"encoder.fa_spectrum must be one of {SPECTRA}, got {enc.fa_spectrum!r}")
+    if enc.sf_fusion and enc.backbone != "vit":
+        problems.append(f"encoder.sf_fusion (SF-RecSAM's fusion adapter) needs a ViT backbone, not {enc.backbone!r}")
     if dec.uncertainty not in UNCERTAINTY_KINDS:
         problems.append(f"decoder.uncertainty must be one of {UNCERTAINTY_KINDS}")
     for name in ("coarse_hidden", "fine_hidden"):

@@ -27,6 +27,10 @@ class EncoderConfig:
     lora_rank: int = 4
     fa_hidden: int = 4
     fa_spectrum: str = "amplitude"  # "amplitude" | "phase" | "none"
+    # SF-RecSAM's spatial-frequency fusion adapter in every block, beside (or, with fa_spectrum "none",
+    # instead of) the spectrum stream; ViT backbones only.
+    sf_fusion: bool = False
+    sf_hidden: int = 16
     backbone: str = "vit"
 
     @property

@@ -9,15 +9,16 @@ from segment_anything.modeling import ImageEncoderViT
 from torch import nn
 
 from .config import EncoderConfig
-from .frequency import FrequencyAdapter, adapted_blocks, fourier_spectrum
+from .frequency import FrequencyAdapter, SpatialFrequencyFusion, adapted_blocks, fourier_spectrum
 from .lora import LoRAQKV
 
 
 class AdaptedImageEncoder(ImageEncoderViT):
-    """`ImageEncoderViT` whose blocks carry LoRA(q, v) and a frequency-adapter stream.
+    """`ImageEncoderViT` whose blocks carry LoRA(q, v), a frequency-adapter stream and, optionally,
+    SF-RecSAM's spatial-frequency fusion.
 
     State-dict names of the frozen parts are SAM's own; adapter tensors live under
-    `blocks.N.attn.qkv.lora_*` and `freq_adapters.N.*`.
+    `blocks.N.attn.qkv.lora_*`, `freq_adapters.N.*` and `sf_adapters.N.*`.
     """
 
     def __init__(self, config: EncoderConfig) -> None:
@@ -43,6 +44,17 @@ class AdaptedImageEncoder(ImageEncoderViT):
         self.freq_adapters = nn.ModuleList(
             FrequencyAdapter(config.embed_dim, config.fa_hidden) for _ in range(config.depth)
         ) if self.use_frequency else nn.ModuleList()
+        self.sf_adapters = nn.ModuleList()
+        if config.sf_fusion:
+            self.add_sf_fusion(config.sf_hidden)
+
+    def add_sf_fusion(self, hidden: int) -> None:
+        """Give every block a new SF-RecSAM fusion adapter (`scale` 0: the output is unchanged until trained)."""
+        grid = self.config.img_size // self.config.patch_size
+        reference = self.patch_embed.proj.weight
+        self.sf_adapters = nn.ModuleList(
+            SpatialFrequencyFusion(self.config.embed_dim, hidden, grid) for _ in range(self.config.depth)
+        ).to(device=reference.device)
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x)
@@ -56,5 +68,5 @@ class AdaptedImageEncoder(ImageEncoderViT):
             # The spectrum goes through the same frozen patch + position embedding as the image.
             spectrum = fourier_spectrum(x, self.config.fa_spectrum).expand(-1, 3, -1, -1)
             freq = self._embed(spectrum.to(x.dtype))
-        tokens = adapted_blocks(self.blocks, tokens, freq, self.freq_adapters)
+        tokens = adapted_blocks(self.blocks, tokens, freq, self.freq_adapters, self.sf_adapters)
         return self.neck(tokens.permute(0, 3, 1, 2))

@@ -115,7 +115,8 @@ class IMedSAM(nn.Module):
         return {
             "lora": [(f"image_encoder.{n}", p) for n, p in self.image_encoder.named_parameters() if "lora_" in n],
             "frequency_adapter": [
-                (f"image_encoder.{n}", p) for n, p in self.image_encoder.named_parameters() if "freq_adapters" in n
+                (f"image_encoder.{n}", p) for n, p in self.image_encoder.named_parameters()
+                if "freq_adapters" in n or "sf_adapters" in n
             ],
             "prompt_encoder": [] if frozen_prompt_path else [
                 (f"prompt_encoder.{n}", p) for n, p in self.prompt_encoder.named_parameters()
@@ -126,6 +127,17 @@ class IMedSAM(nn.Module):
             "coarse_inr": [(f"coarse_inr.{n}", p) for n, p in self.coarse_inr.named_parameters()],
             "fine_inr": [(f"fine_inr.{n}", p) for n, p in self.fine_inr.named_parameters()],
         }
+
+    def add_sf_fusion(self, hidden: int) -> None:
+        """Add SF-RecSAM's spatial-frequency fusion adapter to every encoder block (it starts as the
+        identity); the config says so from then on, so saved adapters bring the modules with them."""
+        from dataclasses import replace
+
+        if self.config.encoder.backbone != "vit":
+            raise ValueError(f"SF-RecSAM's fusion adapter needs a ViT backbone, not {self.config.encoder.backbone!r}")
+        self.image_encoder.add_sf_fusion(hidden)
+        self.config = replace(self.config, encoder=replace(self.config.encoder, sf_fusion=True, sf_hidden=hidden))
+        self.image_encoder.config = self.config.encoder
 
     # ---- encoder ----------------------------------------------------------------------
     def encode(self, images: torch.Tensor) -> torch.Tensor:

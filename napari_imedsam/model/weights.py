@@ -127,7 +127,7 @@ def fit_to_input_size(state: dict[str, torch.Tensor], model: IMedSAM) -> dict[st
 
 def _is_new_in_imedsam(key: str) -> bool:
     """Tensors I-MedSAM adds to SAM: absent from a SAM checkpoint, initialised by the model."""
-    return any(part in key for part in (".lora_", "freq_adapters.", "coarse_inr.", "fine_inr."))
+    return any(part in key for part in (".lora_", "freq_adapters.", "sf_adapters.", "coarse_inr.", "fine_inr."))
 
 
 def load_sam_weights(model: IMedSAM, state: Mapping[str, torch.Tensor], source: str) -> None:
@@ -227,6 +227,21 @@ def _read_adapter_file(path: str | os.PathLike, model: IMedSAM, base_sha256: str
     return tensors, header
 
 
+def _add_modules_of(model: IMedSAM, config: dict[str, Any], where: str) -> None:
+    """Adapter modules that an adapter file brings and its base lacks (SF-RecSAM's fusion, added by
+    `train(add_sf_fusion=True)`): created on `model` before the file's tensors are loaded into them."""
+    encoder = config.get("encoder", {})
+    if not isinstance(encoder, dict) or encoder.get("sf_fusion") is not True or model.config.encoder.sf_fusion:
+        return
+    hidden = encoder.get("sf_hidden")
+    if not isinstance(hidden, int) or isinstance(hidden, bool) or not 1 <= hidden <= 4096:
+        raise CheckpointError(f"{where}: header encoder.sf_hidden must be a whole number in 1..4096, got {hidden!r}")
+    try:
+        model.add_sf_fusion(hidden)
+    except ValueError as exc:
+        raise CheckpointError(f"{where}: {exc}") from None
+
+
 def load_adapters(model: IMedSAM, source: str | os.PathLike | Mapping[str, torch.Tensor],
                   base_sha256: str | None = None) -> dict[str, Any]:
     """Load adapters into `model`: an adapter file (format, architecture and, when given, base hash
@@ -236,6 +251,7 @@ def load_adapters(model: IMedSAM, source: str | os.PathLike | Mapping[str, torch
         tensors, header, where = dict(source), {}, "in-memory adapters"
     else:
         (tensors, header), where = _read_adapter_file(source, model, base_sha256), str(source)
+        _add_modules_of(model, header.get("config", {}), where)
     problems = tensor_mismatch(shapes_of(trainable_state(model)), shapes_of(tensors))
     if problems:
         raise CheckpointError(f"{where}: adapter tensors do not match the model: {problems}")
