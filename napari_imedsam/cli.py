@@ -220,7 +220,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     options = TrainOptions(mode=args.mode, epochs=args.epochs, max_seconds=args.max_seconds, seed=args.seed,
                            batch_size=args.batch_size, n_points=args.points, zoom=args.zoom,
                            augment=args.augment, val_fraction=args.val_fraction, clicks=args.clicks,
-                           add_sf_fusion=args.sf_fusion)
+                           add_sf_fusion=args.sf_fusion,
+                           **({"lr_adapters": args.lr_adapters} if args.lr_adapters is not None else {}))
     check_options(options)  # before anything is loaded, trained or written
     check_name(args.name)
     rank = _init_distributed()  # "auto" then means this rank's GPU (set_device) or the CPU
@@ -333,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--val-fraction", type=float, default=0.2, help="share of samples held back for validation")
     train.add_argument("--clicks", type=float, default=0.0,
                        help="fraction of batches trained with 1-3 simulated clicks per sample (0-1)")
+    train.add_argument("--lr-adapters", type=float, default=None,
+                       help="learning rate of LoRA and the frequency adapters (default 5e-5)")
     train.add_argument("--sf-fusion", action="store_true",
                        help="add SF-RecSAM's spatial-frequency fusion adapter to every encoder block and train it "
                             "(adapters / full modes; the adapter file brings it along)")

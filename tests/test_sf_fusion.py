@@ -94,3 +94,16 @@ def test_an_adapter_file_with_a_bad_fusion_width_is_refused(tmp_path):
     atomic_save_safetensors(tensors, path, header)
     with pytest.raises(CheckpointError, match="sf_hidden"):
         base.with_adapters(path)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--mode", "decoder", "--sf-fusion"], "--sf-fusion adds encoder adapters"),
+    (["--mode", "adapters", "--lr-adapters", "-1"], "lr_adapters must be a positive number"),
+])
+def test_train_cli_refuses_fusion_outside_adapter_modes_and_bad_rates(tmp_path, capsys, args, message):
+    from napari_imedsam.cli import main
+
+    code = main(["train", "--model", "demo", "--data", str(tmp_path), "--out", str(tmp_path / "out"), *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "out").exists()  # refused before anything was loaded or written
