@@ -105,11 +105,14 @@ def load_in_worker(source: str, device: str, adapters: str | None, corrector: st
     (the file given, else the one bundled for this model). Returns (model, corrector or None).
     What the GUI thread imports next (the session and, for the boxes layer's features, pandas) is
     imported here too: a first import on the GUI thread would freeze it (pandas alone takes ~1 s)."""
+    import contextlib
     import importlib
+    import sys
     import warnings
 
     guard_triton()
-    with without_collector_pauses():  # the GUI thread keeps running while these import
+    first = "torch" not in sys.modules  # later loads import nothing big: no collector games then
+    with without_collector_pauses() if first else contextlib.nullcontext():  # the GUI keeps running
         preload_torch_libraries()
         for name in ("pandas", "scipy.linalg", "scipy.ndimage", "napari_imedsam.inference.session",
                      "napari_imedsam.inference.propagation", "napari_imedsam.inference.review",
