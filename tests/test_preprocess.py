@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_imedsam.inference.predictor import Predictor
 from napari_imedsam.inference.preprocess import (
     CT_PRESETS,
     MR_PERCENTILES,
@@ -18,6 +19,7 @@ from napari_imedsam.inference.preprocess import (
     scale_box,
     to_model_input,
 )
+from napari_imedsam.model.registry import load_model
 
 
 def test_ct_window_maps_level_and_width():
@@ -70,3 +72,28 @@ def test_box_scaling_and_query_points_use_pixel_centres():
     points = grid_points(np.arange(2), np.arange(4), (2, 4))
     np.testing.assert_allclose(points[:4, 0].numpy(), [-0.75, -0.25, 0.25, 0.75])
     np.testing.assert_allclose(points[::4, 1].numpy(), [-0.5, 0.5])
+
+
+@pytest.mark.parametrize("window", [None, CT_PRESETS["soft tissue"], MR_PERCENTILES, IntensityWindow("minmax")])
+def test_a_crop_normalised_with_its_slice_range_equals_the_crop_of_the_normalised_slice(window):
+    from napari_imedsam.inference.windows import intensity_range
+
+    rng = np.random.default_rng(5)
+    image = rng.normal(40, 300, (60, 70)).astype(np.float32)
+    image[3, 4] = np.nan
+    whole = normalize_intensity(image, window)
+    crop = intensity_range(image, window).apply(image[10:40, 20:65])
+    assert np.array_equal(crop, whole[10:40, 20:65])  # bit for bit: zoom crops need not normalise the slice
+
+
+def test_zoomed_boxes_resolve_a_slice_window_once(monkeypatch):
+    from napari_imedsam.inference import predictor as module
+
+    calls = []
+    original = module.intensity_range
+    monkeypatch.setattr(module, "intensity_range", lambda *a: calls.append(1) or original(*a))
+    predictor = Predictor(load_model("demo"))
+    image = np.random.default_rng(0).normal(0, 1, (96, 96)).astype(np.float32)
+    for shift in (0, 3, 6):
+        predictor.predict(image, np.array([20 + shift, 20, 60 + shift, 60]), window=MR_PERCENTILES)
+    assert len(calls) == 1

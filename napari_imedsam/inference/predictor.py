@@ -27,12 +27,14 @@ from .preprocess import (
     box_has_contrast,
     grid_points,
     normalize_intensity,
+    normalized_points,
     region_around_box,
     scale_box,
     to_model_input,
     validate_box,
     zoom_region,
 )
+from .windows import IntensityRange, intensity_range
 
 POINT_CHUNK = 32768  # points per INR batch: bounds memory (hidden0 x chunk floats)
 # |logit| above this (p < 0.12 or > 0.88) on the coarse grid, with no sign change next to it, is
@@ -82,9 +84,10 @@ def click_prompts(points: np.ndarray | None, geometry: Geometry, device: torch.d
 
 
 def content_digest(image: np.ndarray) -> str:
-    """A fast fingerprint of a slice's pixels, shape and dtype."""
+    """A fast fingerprint of a slice's pixels, shape and dtype (SHA-1: a cache key, not a signature;
+    3-4x faster than BLAKE2 here thanks to the CPU's SHA instructions, 40 ms for a 4096^2 float slice)."""
     data = np.ascontiguousarray(image)
-    digest = hashlib.blake2b(data.view(np.uint8).reshape(-1), digest_size=16)
+    digest = hashlib.sha1(data.view(np.uint8).reshape(-1), usedforsecurity=False)
     digest.update(repr((data.shape, data.dtype.str)).encode())
     return digest.hexdigest()
 
@@ -115,6 +118,7 @@ class Predictor:
         self.zoom_margin = model.zoom_margin if zoom_margin is None else zoom_margin
         # crop_tolerance > 0: a nudged box reuses an encoded crop that still fits it (see `crops`)
         self.crops = CropMemory(self.zoom_margin, crop_tolerance)
+        self._ranges: dict[tuple, IntensityRange] = {}  # slice -> its resolved window, most recent last
 
     @property
     def network(self) -> IMedSAM:
@@ -204,7 +208,7 @@ class Predictor:
         where = (content_digest(image), slice_index, (window or IntensityWindow()).cache_token())
         r0, r1, c0, c1 = self.crops.choose(where, box, (height, width)) if self.crops.tolerance > 0 else \
             zoom_region(box, (height, width), self.zoom_margin)
-        crop = normalize_intensity(image, window)[r0:r1, c0:c1]
+        crop = self._intensity_range(where, image, window).apply(image[r0:r1, c0:c1])
         sy, sx = out_h / height, out_w / width
         o_r0, o_c0 = int(round(r0 * sy)), int(round(c0 * sx))
         o_r1 = max(o_r0 + 1, min(out_h, int(round(r1 * sy))))
@@ -223,6 +227,15 @@ class Predictor:
         return Prediction(box_xyxy=scale_box(box, (height, width), (out_h, out_w)),
                           roi=(lr0 + o_r0, lr1 + o_r0, lc0 + o_c0, lc1 + o_c0),
                           n_coarse_exact=local.n_coarse_exact, n_refined=local.n_refined, **maps)
+
+    def _intensity_range(self, where: tuple, image: np.ndarray, window: IntensityWindow | None) -> IntensityRange:
+        """The slice's intensity window resolved once (percentiles read every pixel: 0.2 s at 4096^2),
+        then applied to each box's crop only."""
+        resolved = self._ranges.pop(where, None) or intensity_range(image, window)
+        self._ranges[where] = resolved
+        while len(self._ranges) > 16:
+            self._ranges.pop(next(iter(self._ranges)))
+        return resolved
 
     def prompt(self, embedding: Embedding, box_xyxy: np.ndarray, points: np.ndarray | None = None) -> BoxPrompt:
         geometry = embedding.geometry
@@ -328,16 +341,20 @@ class Predictor:
 
         logit = F.interpolate(logit_c, size=(h, w), mode="bilinear", align_corners=True).flatten()
         uncertainty = F.interpolate(unc_c, size=(h, w), mode="bilinear", align_corners=True).flatten()
-        all_points = grid_points(np.arange(r0, r1), np.arange(c0, c1), out_hw)
+
+        def points_at(flat: torch.Tensor) -> torch.Tensor:
+            """Query points of region pixels by row-major index (never the whole region's grid)."""
+            index = flat.cpu().numpy()
+            return normalized_points(r0 + index // w, c0 + index % w, out_hw)
 
         exact = band.nonzero().flatten()
-        e_logit, e_unc, e_input, e_feature = self._coarse_at(prompt, all_points[exact.cpu()], keep_features=True)
+        e_logit, e_unc, e_input, e_feature = self._coarse_at(prompt, points_at(exact), keep_features=True)
         logit[exact], uncertainty[exact] = e_logit, e_unc
 
         selected = self._select(uncertainty, budget)
         extra = selected[~band[selected]]  # selected but not yet evaluated exactly (rare)
         if extra.numel():
-            x_logit, x_unc, x_input, x_feature = self._coarse_at(prompt, all_points[extra.cpu()], keep_features=True)
+            x_logit, x_unc, x_input, x_feature = self._coarse_at(prompt, points_at(extra), keep_features=True)
             logit[extra], uncertainty[extra] = x_logit, x_unc
             exact = torch.cat([exact, extra])
             e_input, e_feature = torch.cat([e_input, x_input]), torch.cat([e_feature, x_feature])

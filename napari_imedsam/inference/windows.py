@@ -76,13 +76,35 @@ def as_2d_image(image: np.ndarray) -> np.ndarray:
     return image
 
 
-def normalize_intensity(image: np.ndarray, window: IntensityWindow | None = None) -> np.ndarray:
-    """(H, W) or (H, W, 3) raw slice -> (H, W, 3) float32 in [0, 1]."""
+@dataclass(frozen=True)
+class IntensityRange:
+    """A window resolved on one image: raw value `offset` maps to 0 and `offset + span` to 1
+    (`span` 0: a constant image, all zeros). Applying it is pointwise, so a crop normalised with the
+    range of its whole slice equals the same crop of the normalised slice, bit for bit."""
+
+    offset: float
+    span: float
+    float64: bool = False  # percentile windows compute in float64 (numpy's percentile scalars), as they did
+
+    def apply(self, image: np.ndarray) -> np.ndarray:
+        """(H, W) or (H, W, 3) raw pixels -> (H, W, 3) float32 in [0, 1]."""
+        data = np.asarray(image)
+        data = data[..., :3] if data.ndim == 3 else data
+        data = data.astype(np.float32, copy=False)
+        if not np.isfinite(data).all():
+            data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
+        offset, span = (np.float64(self.offset), np.float64(self.span)) if self.float64 else (self.offset, self.span)
+        scaled = (data - offset) / span if span > 0 else np.zeros_like(data)
+        scaled = np.clip(scaled, 0.0, 1.0)
+        if scaled.ndim == 2:
+            scaled = np.repeat(scaled[..., None], 3, axis=-1)
+        return np.ascontiguousarray(scaled, dtype=np.float32)
+
+
+def intensity_range(image: np.ndarray, window: IntensityWindow | None = None) -> IntensityRange:
+    """The window resolved on a slice: percentiles and min-max read the whole slice."""
     image = as_2d_image(image)
     window = window or IntensityWindow()
-    data = image.astype(np.float32, copy=False)
-    if not np.isfinite(data).all():
-        data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
     mode = window.mode
     if mode == "auto":
         if image.dtype == np.uint8:
@@ -92,27 +114,29 @@ def normalize_intensity(image: np.ndarray, window: IntensityWindow | None = None
         else:
             mode = "percentile"
     if mode == "uint8":
-        scaled = data / 255.0
-    elif mode == "unit":
-        scaled = data
-    elif mode == "window":
+        return IntensityRange(0.0, 255.0)
+    if mode == "unit":
+        return IntensityRange(0.0, 1.0)
+    if mode == "window":
         if not (np.isfinite(window.level) and np.isfinite(window.width) and window.width > 0):
             raise InputError(f"window width must be positive and the level a number, got level {window.level}, "
                              f"width {window.width}")
-        low = window.level - window.width / 2.0
-        scaled = (data - low) / window.width
-    elif mode in ("percentile", "minmax"):
+        return IntensityRange(window.level - window.width / 2.0, window.width)
+    if mode in ("percentile", "minmax"):
+        data = image.astype(np.float32, copy=False)
+        if not np.isfinite(data).all():
+            data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
         if mode == "percentile":
             low, high = np.percentile(data, [window.low_percentile, window.high_percentile])
-        else:
-            low, high = float(data.min()), float(data.max())
-        scaled = (data - low) / (high - low) if high > low else np.zeros_like(data)
-    else:
-        raise InputError(f"unknown intensity mode {window.mode!r}")
-    scaled = np.clip(scaled, 0.0, 1.0)
-    if scaled.ndim == 2:
-        scaled = np.repeat(scaled[..., None], 3, axis=-1)
-    return np.ascontiguousarray(scaled, dtype=np.float32)
+            return IntensityRange(float(low), float(high - low) if high > low else 0.0, float64=True)
+        low, high = float(data.min()), float(data.max())
+        return IntensityRange(low, high - low if high > low else 0.0)
+    raise InputError(f"unknown intensity mode {window.mode!r}")
+
+
+def normalize_intensity(image: np.ndarray, window: IntensityWindow | None = None) -> np.ndarray:
+    """(H, W) or (H, W, 3) raw slice -> (H, W, 3) float32 in [0, 1]."""
+    return intensity_range(image, window).apply(as_2d_image(image))
 
 
 def box_has_contrast(image: np.ndarray, box_xyxy: np.ndarray, window: IntensityWindow | None = None) -> bool:
