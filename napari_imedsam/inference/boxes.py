@@ -77,16 +77,25 @@ def region_around_box(box_xyxy: np.ndarray, shape_hw: tuple[int, int], margin: f
     return expand_box(box_xyxy, shape_hw, margin, 3.0)
 
 
+def validate_clicks(points) -> np.ndarray | None:
+    """Clicks as (N, 3) float rows of (x, y, positive), or None for no clicks; one message for
+    positions that are not finite numbers (the one check every click path goes through)."""
+    if points is None or len(points) == 0:
+        return None
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    if not np.isfinite(points).all():
+        raise InputError("click positions must be finite numbers")
+    return points
+
+
 def box_with_clicks(box_xyxy: np.ndarray, points: np.ndarray | None, shape: tuple[int, int],
                     pad: float = 3.0) -> np.ndarray:
     """Grow a box to take in its positive clicks (x, y, positive rows) plus `pad` pixels: a click
     outside the box says the object goes on there. Negative clicks never change the box."""
     box = np.asarray(box_xyxy, dtype=np.float64).copy()
-    if points is None or not len(points):
+    points = validate_clicks(points)
+    if points is None:
         return box
-    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
-    if not np.isfinite(points).all():
-        raise InputError("click positions must be finite numbers")
     positive = points[points[:, 2] > 0, :2]
     if not len(positive):
         return box

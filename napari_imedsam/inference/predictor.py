@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from ..model.imedsam import BoxPrompt, IMedSAM
 from ..model.inr import CoarseOutput, refine_count
 from ..model.registry import LoadedModel
-from .boxes import box_with_clicks
+from .boxes import box_with_clicks, validate_clicks
 from .clicks import correct_with_clicks
 from .crops import CropMemory
 from .embedding_store import Embedding, EmbeddingStore
@@ -72,11 +72,9 @@ def click_prompts(points: np.ndarray | None, geometry: Geometry, device: torch.d
                   ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(N, 3) clicks (x, y, positive) in image pixels -> SAM's (coords (1, N, 2) in encoder-input pixels,
     labels (1, N): 1 positive, 0 negative)."""
-    if points is None or len(points) == 0:
+    points = validate_clicks(points)
+    if points is None:
         return None
-    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
-    if not np.isfinite(points).all():
-        raise InputError("click positions must be finite numbers")
     xy = geometry.points_to_input(points[:, :2])
     coords = torch.as_tensor(xy, dtype=torch.float32, device=device)[None]
     labels = torch.as_tensor(points[:, 2] > 0, dtype=torch.int64, device=device)[None]
@@ -168,6 +166,7 @@ class Predictor:
         and are click prompts to the network too when it was trained with them (`prompt_clicks`); they
         never re-run the encoder."""
         image = as_2d_image(image)
+        points = validate_clicks(points)
         box = box_with_clicks(validate_box(box_xyxy, image.shape[:2]), points, image.shape[:2])
         if not box_has_contrast(image, box, window):
             warnings.warn(f"the image has no contrast in the box {np.round(box).astype(int).tolist()} (constant, "
@@ -183,12 +182,10 @@ class Predictor:
     @staticmethod
     def _apply_clicks(result: Prediction, image: np.ndarray, window: IntensityWindow | None,
                       points: np.ndarray | None) -> Prediction:
-        """The clicks' local, edge-aware correction of the refined probability (see `clicks`)."""
-        if points is None or len(points) == 0:
+        """The clicks' local, edge-aware correction of the refined probability (see `clicks`); `points`
+        as `validate_clicks` returns them."""
+        if points is None:
             return result
-        points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
-        if not np.isfinite(points).all():
-            raise InputError("click positions must be finite numbers")
         image01 = normalize_intensity(image, window)
         out_hw = result.refined_prob.shape
         if out_hw != image01.shape[:2]:  # clicks and image onto the output grid (pixel centres to centres)
