@@ -358,15 +358,15 @@ class Predictor:
         if selected.numel():
             refined[selected] = self._fine_at(e_input[chosen], e_feature[chosen])
 
-        def place(values: torch.Tensor) -> torch.Tensor:
-            full = torch.zeros(out_hw, device=values.device)
-            full[r0:r1, c0:c1] = values.view(h, w)
-            return full.flatten()
-
-        outside = torch.full(out_hw, -1e4, device=logit.device)
-        outside[r0:r1, c0:c1] = 0.0
-        return self._maps(place(logit) + outside.flatten(), place(uncertainty), place(refined) + outside.flatten(),
-                          out_hw, n_exact=int(exact.numel()) + nh * nw, n_refined=int(selected.numel()))
+        # Outside the region every map is 0 (probabilities of a -inf logit, no uncertainty): only the
+        # region's values go through the sigmoid and into the output arrays.
+        maps = self._maps(logit, uncertainty, refined, (h, w), n_exact=int(exact.numel()) + nh * nw,
+                          n_refined=int(selected.numel()))
+        for name in ("coarse_prob", "uncertainty", "refined_prob"):
+            full = np.zeros(out_hw, np.float32)
+            full[r0:r1, c0:c1] = maps[name]
+            maps[name] = full
+        return maps
 
     @staticmethod
     def _maps(logit: torch.Tensor, uncertainty: torch.Tensor, refined: torch.Tensor, out_hw: tuple[int, int],
