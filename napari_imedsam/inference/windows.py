@@ -76,6 +76,12 @@ def as_2d_image(image: np.ndarray) -> np.ndarray:
     return image
 
 
+def _finite_float32(image: np.ndarray) -> np.ndarray:
+    """The pixels as float32, NaN and +-inf as 0."""
+    data = np.asarray(image).astype(np.float32, copy=False)
+    return data if np.isfinite(data).all() else np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
+
+
 @dataclass(frozen=True)
 class IntensityRange:
     """A window resolved on one image: raw value `offset` maps to 0 and `offset + span` to 1
@@ -89,10 +95,7 @@ class IntensityRange:
     def apply(self, image: np.ndarray) -> np.ndarray:
         """(H, W) or (H, W, 3) raw pixels -> (H, W, 3) float32 in [0, 1]."""
         data = np.asarray(image)
-        data = data[..., :3] if data.ndim == 3 else data
-        data = data.astype(np.float32, copy=False)
-        if not np.isfinite(data).all():
-            data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
+        data = _finite_float32(data[..., :3] if data.ndim == 3 else data)
         offset, span = (np.float64(self.offset), np.float64(self.span)) if self.float64 else (self.offset, self.span)
         scaled = (data - offset) / span if span > 0 else np.zeros_like(data)
         scaled = np.clip(scaled, 0.0, 1.0)
@@ -123,9 +126,7 @@ def intensity_range(image: np.ndarray, window: IntensityWindow | None = None) ->
                              f"width {window.width}")
         return IntensityRange(window.level - window.width / 2.0, window.width)
     if mode in ("percentile", "minmax"):
-        data = image.astype(np.float32, copy=False)
-        if not np.isfinite(data).all():
-            data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
+        data = _finite_float32(image)
         if mode == "percentile":
             low, high = np.percentile(data, [window.low_percentile, window.high_percentile])
             return IntensityRange(float(low), float(high - low) if high > low else 0.0, float64=True)

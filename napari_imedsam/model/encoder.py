@@ -50,10 +50,10 @@ class AdaptedImageEncoder(ImageEncoderViT):
 
     def add_sf_fusion(self, hidden: int) -> None:
         """Give every block a new SF-RecSAM fusion adapter (`scale` 0: the output is unchanged until trained)."""
-        grid = self.config.img_size // self.config.patch_size
         reference = self.patch_embed.proj.weight
         self.sf_adapters = nn.ModuleList(
-            SpatialFrequencyFusion(self.config.embed_dim, hidden, grid) for _ in range(self.config.depth)
+            SpatialFrequencyFusion(self.config.embed_dim, hidden, self.config.grid_size)
+            for _ in range(self.config.depth)
         ).to(device=reference.device)
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:

@@ -133,11 +133,13 @@ class IMedSAM(nn.Module):
         identity); the config says so from then on, so saved adapters bring the modules with them."""
         from dataclasses import replace
 
-        if self.config.encoder.backbone != "vit":
-            raise ValueError(f"SF-RecSAM's fusion adapter needs a ViT backbone, not {self.config.encoder.backbone!r}")
+        from .checks import check_config
+
+        config = replace(self.config, encoder=replace(self.config.encoder, sf_fusion=True, sf_hidden=hidden))
+        check_config(config)  # ConfigError (a ValueError): e.g. not a ViT backbone
+        self.config = config
+        self.image_encoder.config = config.encoder
         self.image_encoder.add_sf_fusion(hidden)
-        self.config = replace(self.config, encoder=replace(self.config.encoder, sf_fusion=True, sf_hidden=hidden))
-        self.image_encoder.config = self.config.encoder
 
     # ---- encoder ----------------------------------------------------------------------
     def encode(self, images: torch.Tensor) -> torch.Tensor:

@@ -233,12 +233,9 @@ def _add_modules_of(model: IMedSAM, config: dict[str, Any], where: str) -> None:
     encoder = config.get("encoder", {})
     if not isinstance(encoder, dict) or encoder.get("sf_fusion") is not True or model.config.encoder.sf_fusion:
         return
-    hidden = encoder.get("sf_hidden")
-    if not isinstance(hidden, int) or isinstance(hidden, bool) or not 1 <= hidden <= 4096:
-        raise CheckpointError(f"{where}: header encoder.sf_hidden must be a whole number in 1..4096, got {hidden!r}")
-    try:
-        model.add_sf_fusion(hidden)
-    except ValueError as exc:
+    try:  # the header's config through the same bounds and type checks as a model file's
+        model.add_sf_fusion(config_from_header(config).encoder.sf_hidden)
+    except ValueError as exc:  # ConfigError included
         raise CheckpointError(f"{where}: {exc}") from None
 
 

@@ -122,10 +122,11 @@ class LayerSet:
         """Add up to `limit` (default: all) missing plugin layers in display order; returns how many
         are still missing."""
         self.check_dimensions()
-        missing = [(name, make) for name, make in self._makers() if name not in self.viewer.layers]
-        for _, make in missing[:limit]:
+        missing = [make for name, make in self._makers() if name not in self.viewer.layers]
+        added = missing[:limit]
+        for make in added:
             self.viewer.add_layer(make())
-        return max(len(missing) - (len(missing) if limit is None else limit), 0)
+        return len(missing) - len(added)
 
     def ensure(self) -> tuple[Shapes, Labels, Image, Image]:
         """Create the plugin layers if missing (in display order); returns (boxes, labels, coarse, uncertainty)."""
