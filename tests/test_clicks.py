@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from napari_imedsam._sample_data import CT_SAMPLES, load_ct_slice
-from napari_imedsam.inference.clicks import correct_with_clicks, disagreeing_clicks
+from napari_imedsam.inference.clicks import correct_with_clicks, walker_window
 from napari_imedsam.inference.predictor import Predictor
 from napari_imedsam.model.registry import load_model
 
@@ -32,7 +32,7 @@ def test_a_positive_click_adds_the_missed_region_up_to_its_edges_and_leaves_the_
     assert dice(probability > 0.5, truth) < 0.85 < 0.98 < dice(mask, truth)
     assert not mask[image < 0.5].any()  # the walker stopped at the darker background's edge
     far = np.ones_like(mask)
-    far[28 - 20:28 + 21, 37 - 20:37 + 21] = False  # beyond the freed neighbourhood (2 x the click's depth)
+    far[28 - 20:28 + 21, 37 - 20:37 + 21] = False  # beyond the freed disk (2 x the click's depth): no unsure band here
     np.testing.assert_array_equal(corrected[far], probability[far])
 
 
@@ -48,7 +48,7 @@ def test_a_negative_click_removes_a_false_lobe():
 def test_clicks_that_agree_with_the_mask_or_none_change_nothing():
     image, probability, _ = two_blobs()
     agreeing = np.array([[20.0, 28.0, 1.0], [2.0, 2.0, 0.0]])
-    assert disagreeing_clicks(probability > 0.5, agreeing) == []
+    assert walker_window(probability, agreeing) is None and walker_window(probability, None) is None
     np.testing.assert_array_equal(correct_with_clicks(probability, image, agreeing), probability)
     np.testing.assert_array_equal(correct_with_clicks(probability, image, None), probability)
 
@@ -58,6 +58,17 @@ def test_colour_images_and_clicks_at_the_border_work():
     rgb = np.stack([image, image * 0.5, 1 - image], axis=-1)
     corrected = correct_with_clicks(probability, rgb, np.array([[37.0, 28.0, 1.0], [63.9, 0.0, 0.0]]))
     assert dice(corrected > 0.5, truth) > 0.98
+
+
+def test_the_correction_reads_only_the_window_it_is_given():
+    image, probability, _ = two_blobs()
+    click = np.array([[37.0, 28.0, 1.0]])
+    r0, r1, c0, c1 = walker_window(probability, click)
+    whole = correct_with_clicks(probability, image, click)
+    part = correct_with_clicks(probability, image[r0:r1, c0:c1], click, image_origin=(r0, c0))
+    np.testing.assert_array_equal(part, whole)
+    with pytest.raises(ValueError, match="does not cover"):
+        correct_with_clicks(probability, image[r0 + 1:r1, c0:c1], click, image_origin=(r0 + 1, c0))
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
@@ -80,6 +91,11 @@ def test_the_predictor_applies_clicks_on_a_real_image_without_re_encoding():
     assert dice(clicked.refined_mask, truth) >= dice(mask, truth)
     untouched = np.broadcast_to(np.abs(np.arange(image.shape[0])[:, None] - row) > 60, truth.shape)
     np.testing.assert_array_equal(clicked.refined_prob[untouched], plain.refined_prob[untouched])
+    # normalising only the walker's window gives exactly what the whole normalised slice gives
+    from napari_imedsam.inference.preprocess import normalize_intensity
+
+    whole = correct_with_clicks(plain.refined_prob, normalize_intensity(image, None), np.array([[col, row, 1.0]]))
+    np.testing.assert_array_equal(clicked.refined_prob, whole)
 
 
 def test_clicks_reach_the_prompt_encoder_only_for_weights_trained_with_them():
@@ -96,3 +112,22 @@ def test_clicks_reach_the_prompt_encoder_only_for_weights_trained_with_them():
     assert check_inference({}) == {} and check_inference({"inference": {}})["prompt_clicks"] is False
     with pytest.raises(ConfigError, match="prompt_clicks"):
         check_inference({"inference": {"prompt_clicks": "yes"}})
+
+
+def test_click_depths_measured_near_the_mask_equal_those_over_the_whole_slice():
+    from scipy import ndimage
+
+    from napari_imedsam.inference.clicks import click_regions
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        mask = np.zeros((90, 120), bool)
+        r, c = rng.integers(5, 80), rng.integers(5, 110)
+        mask[r:r + rng.integers(2, 30), c:c + rng.integers(2, 30)] = True
+        mask &= rng.random(mask.shape) > 0.1  # holes: negative clicks have nearby background too
+        points = np.column_stack([rng.uniform(0, 119, 6), rng.uniform(0, 89, 6), rng.integers(0, 2, 6)])
+        to_object = ndimage.distance_transform_edt(~mask)
+        to_background = ndimage.distance_transform_edt(mask)
+        for region in click_regions(mask, points):
+            expected = to_object if region.positive else to_background
+            assert region.depth == pytest.approx(expected[region.row, region.col])

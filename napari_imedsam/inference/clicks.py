@@ -43,35 +43,58 @@ class ClickRegion:
 
 
 def click_regions(mask: np.ndarray, points: np.ndarray) -> list[ClickRegion]:
-    """Every click (x, y, positive) on `mask`'s grid, with its depth in the region the mask gets wrong."""
+    """Every click (x, y, positive) on `mask`'s grid, with its depth in the region the mask gets wrong.
+
+    The distances are measured in the box around the mask and the clicks, one pixel wider (that ring
+    is background), which holds every pixel nearest to a click: exact, and a fraction of a big slice."""
     height, width = mask.shape
+    clicks = []
+    for x, y, label in np.asarray(points, dtype=np.float64).reshape(-1, 3):
+        clicks.append((int(np.clip(round(y), 0, height - 1)), int(np.clip(round(x), 0, width - 1)), bool(label > 0)))
+    rows_any, cols_any = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    r0 = max(min([row for row, _, _ in clicks] + rows_any[:1].tolist()) - 1, 0)
+    r1 = min(max([row for row, _, _ in clicks] + rows_any[-1:].tolist()) + 2, height)
+    c0 = max(min([col for _, col, _ in clicks] + cols_any[:1].tolist()) - 1, 0)
+    c1 = min(max([col for _, col, _ in clicks] + cols_any[-1:].tolist()) + 2, width)
+    local = mask[r0:r1, c0:c1]
     regions = []
     distance_to = {}
-    for x, y, label in np.asarray(points, dtype=np.float64).reshape(-1, 3):
-        row = int(np.clip(round(y), 0, height - 1))
-        col = int(np.clip(round(x), 0, width - 1))
-        positive = bool(label > 0)
+    for row, col, positive in clicks:
         depth = 0.0
         if mask[row, col] != positive:
             if positive not in distance_to:  # distance from every pixel to the nearest pixel labelled `positive`
-                target = mask if positive else ~mask
+                target = local if positive else ~local
                 distance_to[positive] = (ndimage.distance_transform_edt(~target) if target.any()
-                                         else np.full(mask.shape, float(max(height, width))))
-            depth = float(distance_to[positive][row, col])
+                                         else np.full(local.shape, float(max(height, width))))
+            depth = float(distance_to[positive][row - r0, col - c0])
         regions.append(ClickRegion(row, col, positive, depth))
     return regions
 
 
-def disagreeing_clicks(mask: np.ndarray, points: np.ndarray) -> list[ClickRegion]:
-    """The clicks that land where `mask` says the opposite."""
-    return [region for region in click_regions(mask, points) if region.depth > 0]
+def walker_window(probability: np.ndarray, points: np.ndarray | None) -> tuple[int, int, int, int] | None:
+    """The (row0, row1, col0, col1) region a correction by `points` may change and reads the image in;
+    None when every click agrees with the mask (nothing changes)."""
+    if points is None or len(points) == 0:
+        return None
+    wrong = [region for region in click_regions(np.asarray(probability) > 0.5, points) if region.depth > 0]
+    return _window(wrong, probability.shape) if wrong else None
+
+
+def _window(wrong: list[ClickRegion], shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    height, width = shape
+    return (max(min(math.ceil(r.row - r.freed_radius) for r in wrong) - 2, 0),
+            min(max(math.floor(r.row + r.freed_radius) for r in wrong) + 3, height),
+            max(min(math.ceil(r.col - r.freed_radius) for r in wrong) - 2, 0),
+            min(max(math.floor(r.col + r.freed_radius) for r in wrong) + 3, width))
 
 
 def correct_with_clicks(probability: np.ndarray, image01: np.ndarray, points: np.ndarray | None,
-                        beta: float = BETA) -> np.ndarray:
+                        beta: float = BETA, image_origin: tuple[int, int] = (0, 0)) -> np.ndarray:
     """The object probability after the clicks: `probability` (H, W) where the clicks agree with it
     or are far away, the random walker's object probability around each click it contradicts.
-    `image01` is the (H, W) or (H, W, C) image in [0, 1]; `points` (N, 3) rows of (x, y, positive)."""
+    `image01` is the image in [0, 1], (h, w) or (h, w, C): the whole slice, or any part of it that
+    covers `walker_window`, with its first pixel at `image_origin` (row, col) of the slice;
+    `points` (N, 3) rows of (x, y, positive)."""
     from skimage.segmentation import random_walker  # scikit-image is heavy: imported on the first click
 
     probability = np.asarray(probability, dtype=np.float32)
@@ -82,11 +105,7 @@ def correct_with_clicks(probability: np.ndarray, image01: np.ndarray, points: np
     wrong = [region for region in regions if region.depth > 0]
     if not wrong:
         return probability
-    height, width = mask.shape  # all work happens in the box around the freed neighbourhoods
-    r0 = max(min(math.ceil(r.row - r.freed_radius) for r in wrong) - 2, 0)
-    r1 = min(max(math.floor(r.row + r.freed_radius) for r in wrong) + 3, height)
-    c0 = max(min(math.ceil(r.col - r.freed_radius) for r in wrong) - 2, 0)
-    c1 = min(max(math.floor(r.col + r.freed_radius) for r in wrong) + 3, width)
+    r0, r1, c0, c1 = _window(wrong, mask.shape)  # all work happens in the box around the freed neighbourhoods
     rows, cols = np.ogrid[r0:r1, c0:c1]
     free = np.zeros((r1 - r0, c1 - c0), bool)
     for region in wrong:
@@ -99,7 +118,7 @@ def correct_with_clicks(probability: np.ndarray, image01: np.ndarray, points: np
     if not (seeds == 1).any() or not (seeds == 2).any():  # one label only: it fills the region
         walked = (seeds != 2).astype(np.float32)
     else:
-        crop = _single_channel_if_grey(np.asarray(image01, dtype=np.float64)[r0:r1, c0:c1])
+        crop = _single_channel_if_grey(np.asarray(_image_crop(image01, image_origin, (r0, r1, c0, c1)), np.float64))
         with warnings.catch_warnings():  # "probability range outside [0, 1]" by solver tolerance: clipped below
             warnings.simplefilter("ignore", UserWarning)
             walked = random_walker(crop, seeds, beta=beta, mode="cg_j", return_full_prob=True,
@@ -108,6 +127,15 @@ def correct_with_clicks(probability: np.ndarray, image01: np.ndarray, points: np
     corrected = probability.copy()
     corrected[r0:r1, c0:c1][free] = walked[free]
     return corrected
+
+
+def _image_crop(image01: np.ndarray, origin: tuple[int, int], window: tuple[int, int, int, int]) -> np.ndarray:
+    r0, r1, c0, c1 = window
+    top, left = origin
+    if r0 < top or c0 < left or r1 - top > image01.shape[0] or c1 - left > image01.shape[1]:
+        raise ValueError(f"the image part at {origin} of shape {image01.shape[:2]} does not cover the "
+                         f"correction's window {window}")
+    return image01[r0 - top:r1 - top, c0 - left:c1 - left]
 
 
 def _single_channel_if_grey(image: np.ndarray) -> np.ndarray:
