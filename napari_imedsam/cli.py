@@ -269,7 +269,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             print(json.dumps(json_safe(row), allow_nan=False))
         print(json.dumps(json_safe({k: v for k, v in metrics.items() if k != "rows"}), allow_nan=False))
     else:
-        print(f"{loaded.model_id}: {metrics['n']} images, one tight box each: mean Dice {metrics['dice']:.4f}, "
+        print(f"{loaded.model_id}: {metrics['n']} objects, one tight box each: mean Dice {metrics['dice']:.4f}, "
               f"IoU {metrics['iou']:.4f}, HD95 {metrics['hd95']:.2f} px; coarse Dice {metrics['coarse_dice']:.4f} "
               f"(refinement {100 * (metrics['dice'] - metrics['coarse_dice']):+.2f} points); "
               f"uncertainty AUROC for wrong pixels {metrics['uncertainty_auroc']:.3f}")

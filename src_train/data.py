@@ -75,27 +75,47 @@ def load_export(folder: str | os.PathLike) -> list[Sample]:
 
 
 def load_folder(images: str | os.PathLike, masks: str | os.PathLike) -> list[Sample]:
-    """Samples from plain folders: each image with the mask of the same name (>0 = object), tight box."""
+    """Samples from plain folders, each with a tight box. An image pairs with the mask of the same
+    name (>0 = object) and with every mask named after it plus `_` and a structure name
+    (`IMAGE_liver_000.png`: one object per mask, as in SAM-Med2D's layout and the bundled CT slices)."""
     images, masks = Path(images), Path(masks)
     for folder in (images, masks):
         if not folder.is_dir():
             raise InputError(f"{folder}: " + ("is not a folder" if folder.exists() else "no such folder"))
-    mask_files = {_stem(p): p for p in masks.iterdir() if p.name.lower().endswith(IMAGE_SUFFIXES)}
+    image_files = sorted(p for p in images.iterdir() if p.name.lower().endswith(IMAGE_SUFFIXES))
+    masks_of = _masks_by_image([_stem(p) for p in image_files],
+                               [p for p in masks.iterdir() if p.name.lower().endswith(IMAGE_SUFFIXES)])
     samples = []
-    for path in sorted(images.iterdir()):
-        if not path.name.lower().endswith(IMAGE_SUFFIXES) or _stem(path) not in mask_files:
+    for path in image_files:
+        if not masks_of.get(_stem(path)):
             continue
         image = _as_slice(read_image(path).data)
-        mask_data = _as_slice(read_image(mask_files[_stem(path)]).data)
-        mask = (mask_data[..., 0] if mask_data.ndim == 3 else mask_data) > (127 if mask_data.dtype == np.uint8 else 0)
-        if mask.shape != image.shape[:2]:
-            raise InputError(f"{mask_files[_stem(path)]}: mask of shape {mask.shape} does not match its image "
-                             f"{path} of shape {image.shape[:2]}")
-        if mask.any():
-            samples.append(Sample(image, mask, box_of_mask(mask), _stem(path)))
+        for mask_path in masks_of[_stem(path)]:
+            mask_data = _as_slice(read_image(mask_path).data)
+            mask = (mask_data[..., 0] if mask_data.ndim == 3 else mask_data) > (127 if mask_data.dtype == np.uint8 else 0)
+            if mask.shape != image.shape[:2]:
+                raise InputError(f"{mask_path}: mask of shape {mask.shape} does not match its image "
+                                 f"{path} of shape {image.shape[:2]}")
+            if mask.any():
+                samples.append(Sample(image, mask, box_of_mask(mask), _stem(mask_path)))
     if not samples:
-        raise ValueError(f"no image in {images} has a non-empty mask of the same name in {masks}")
+        raise ValueError(f"no image in {images} has a non-empty mask in {masks} named after it "
+                         "(IMAGE.png, or IMAGE_STRUCTURE.png for one object per mask)")
     return samples
+
+
+def _masks_by_image(image_stems: list[str], mask_paths: list[Path]) -> dict[str, list[Path]]:
+    """Each mask to its image: the same name, else the longest image name it starts with plus `_`;
+    per image, the same-named mask first, then the structure masks by name."""
+    known = set(image_stems)
+    by_length = sorted(known, key=len, reverse=True)
+    found: dict[str, list[Path]] = {}
+    for mask_path in sorted(mask_paths, key=lambda p: (_stem(p) not in known, _stem(p))):
+        stem = _stem(mask_path)
+        owner = stem if stem in known else next((s for s in by_length if stem.startswith(s + "_")), None)
+        if owner is not None:
+            found.setdefault(owner, []).append(mask_path)
+    return found
 
 
 def load_dataset(folder: str | os.PathLike) -> list[Sample]:

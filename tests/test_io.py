@@ -75,3 +75,25 @@ def test_dataset_folder_names_are_safe_distinct_and_stable():
     for folder in folders:
         assert folder and folder not in (".", "..") and not folder.startswith(".") and len(folder) <= 64
         assert all(c.isascii() and (c.isalnum() or c in "_.-") for c in folder)
+
+
+def test_a_folder_of_per_structure_masks_pairs_each_with_its_image(tmp_path):
+    """IMAGE.png with IMAGE_liver_000.png, IMAGE_spleen_000.png (the bundled CT slices' layout): one
+    sample per mask; an image whose name extends another's keeps its own masks; strays are ignored."""
+    from src_train.data import load_folder
+
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    for name in ("ct", "ct_b"):
+        write_array(images / f"{name}.png", np.full((20, 20), 50 if name == "ct" else 90, np.uint8))
+    objects = {"ct_liver_000": (2, 8), "ct_spleen_000": (10, 16), "ct_b_aorta_000": (4, 9), "ct_b": (0, 3),
+               "other_liver_000": (2, 8), "ct_empty_000": (0, 0)}
+    for name, (r0, r1) in objects.items():
+        mask = np.zeros((20, 20), np.uint8)
+        mask[r0:r1, 5:12] = 255
+        write_array(masks / f"{name}.png", mask)
+    samples = load_folder(images, masks)
+    assert [s.name for s in samples] == ["ct_liver_000", "ct_spleen_000", "ct_b", "ct_b_aorta_000"]
+    assert [int(s.image[0, 0]) for s in samples] == [50, 50, 90, 90]
+    np.testing.assert_allclose(samples[1].box_xyxy, [5, 10, 11, 15])
