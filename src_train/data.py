@@ -92,7 +92,8 @@ def load_folder(images: str | os.PathLike, masks: str | os.PathLike) -> list[Sam
         image = _as_slice(read_image(path).data)
         for mask_path in masks_of[_stem(path)]:
             mask_data = _as_slice(read_image(mask_path).data)
-            mask = (mask_data[..., 0] if mask_data.ndim == 3 else mask_data) > (127 if mask_data.dtype == np.uint8 else 0)
+            first = mask_data[..., 0] if mask_data.ndim == 3 else mask_data
+            mask = first > (127 if mask_data.dtype == np.uint8 else 0)
             if mask.shape != image.shape[:2]:
                 raise InputError(f"{mask_path}: mask of shape {mask.shape} does not match its image "
                                  f"{path} of shape {image.shape[:2]}")

@@ -51,6 +51,8 @@ HEADERS = {  # name: (edit, words the message must contain)
     "mc_passes 0": (_set("decoder", "mc_passes", 0), ["mc_passes"]),
     "depth is text": (_set("encoder", "depth", "4"), ["depth"]),
     "config is a list": (_set("", "config", [1, 2]), ["config"]),
+    "fine_image_patch huge": (_set("decoder", "fine_image_patch", 1_000_001), ["fine_image_patch"]),
+    "fine_image_patch even": (_set("decoder", "fine_image_patch", 4), ["fine_image_patch", "odd"]),
 }
 
 

@@ -25,7 +25,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "lora_rank": (0, 256), "fa_hidden": (1, 4096), "sf_hidden": (1, 4096),
     "transformer_depth": (1, 16), "transformer_mlp_dim": (1, 16384), "transformer_heads": (1, 64),
     "pe_frequencies": (0, 32), "coarse_feature_dim": (1, 8192), "dropout": (0.0, 0.95), "mc_passes": (1, 256),
-    "refine_fraction": (0.0, 1.0), "refine_min_uncertainty": (0.0, 1.0),
+    "refine_fraction": (0.0, 1.0), "refine_min_uncertainty": (0.0, 1.0), "fine_image_patch": (0, 15),
 }
 LAYER_BOUNDS = (1, 8, 1, 16384)  # hidden-layer tuples: count and width
 SPECTRA = ("amplitude", "phase", "none")
@@ -107,6 +107,9 @@ def check_config(config: ModelConfig) -> None:
         problems.append(f"encoder.fa_spectrum must be one of {SPECTRA}, got {enc.fa_spectrum!r}")
     if enc.sf_fusion and enc.backbone != "vit":
         problems.append(f"encoder.sf_fusion (SF-RecSAM's fusion adapter) needs a ViT backbone, not {enc.backbone!r}")
+    if dec.fine_image_patch % 2 == 0 and dec.fine_image_patch:
+        problems.append(f"decoder.fine_image_patch {dec.fine_image_patch} must be odd (a patch centred on its "
+                        "point; 0: Dec_f does not read the image)")
     if dec.uncertainty not in UNCERTAINTY_KINDS:
         problems.append(f"decoder.uncertainty must be one of {UNCERTAINTY_KINDS}")
     for name in ("coarse_hidden", "fine_hidden"):
