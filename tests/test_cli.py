@@ -126,6 +126,16 @@ def test_predict_on_a_bundled_sample_reports_dice(tmp_path, model_file, capsys):
     assert "--box x0,y0,x1,y1 is required" in capsys.readouterr().err
 
 
+def test_mirror_averaging_is_an_option_of_predict_and_evaluate_only(tmp_path, model_file, capsys):
+    out = tmp_path / "liver.png"
+    args = ["--model", model_file, "--image", "sample:ct_abdomen/liver_000", "--out", str(out)]
+    assert main(["predict", "--mirror", *args]) == 0
+    assert "Dice against the sample's expert mask:" in capsys.readouterr().out
+    assert np.asarray(Image.open(out)).shape == (512, 512)
+    with pytest.raises(SystemExit):
+        main(["info", "--model", model_file, "--mirror"])
+
+
 def test_headless_demo_prints_dice_and_writes_a_panel(tmp_path, model_file, capsys):
     from napari_imedsam.demo import main as demo
 

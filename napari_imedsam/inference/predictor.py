@@ -18,6 +18,7 @@ from .boxes import box_with_clicks, validate_clicks
 from .clicks import correct_with_clicks, walker_window
 from .crops import CropMemory
 from .embedding_store import Embedding, EmbeddingStore
+from .mirror import mirrored
 from .preprocess import (
     UNIT,
     Geometry,
@@ -101,8 +102,9 @@ class Predictor:
     def __init__(self, model: LoadedModel, cache: EmbeddingStore | None = None, margin: float = 0.1,
                  coarse_cells: int = 48, seed: int = 0, zoom: bool | None = None,
                  zoom_margin: float | None = None, crop_tolerance: float = 0.0,
-                 prompt_clicks: bool | None = None) -> None:
+                 prompt_clicks: bool | None = None, mirror: bool = False) -> None:
         self.model = model
+        self.mirror = mirror  # average each box over the slice and its three mirror images (see `mirror`)
         # Clicks go to the network's prompt encoder only for weights trained with click prompts
         # (header `inference.prompt_clicks`); a box-only model's reaction to them costs Dice.
         self.prompt_clicks = model.prompt_clicks if prompt_clicks is None else prompt_clicks
@@ -172,14 +174,21 @@ class Predictor:
             warnings.warn(f"the image has no contrast in the box {np.round(box).astype(int).tolist()} (constant, "
                           "or no finite values, after the intensity window): the mask is meaningless", stacklevel=2)
         prompt_points = points if self.prompt_clicks else None
-        # the slice's identity for the resolved-window cache (hashed once: 20-40 ms at 2048^2)
-        where = (content_digest(image), slice_index, (window or IntensityWindow()).cache_token()) \
-            if self.zoom or points is not None else None
-        if self.zoom:
-            result = self._predict_zoomed(image, box, window, output_size, where, dense, prompt_points)
-        else:
-            embedding = self.embed(image, window, slice_index)
-            result = self.predict_embedding(embedding, box, output_size=output_size, dense=dense, points=prompt_points)
+        token = (window or IntensityWindow()).cache_token()
+        # the slice's identity for the resolved-window cache, hashed once (20-40 ms at 2048^2)
+        where = (content_digest(image), slice_index, token) if self.zoom or points is not None else None
+
+        def predict_box(image: np.ndarray, box: np.ndarray, prompt_points: np.ndarray | None,
+                        where: tuple | None = None) -> Prediction:
+            if not self.zoom:
+                embedding = self.embed(image, window, slice_index)
+                return self.predict_embedding(embedding, box, output_size=output_size, dense=dense,
+                                              points=prompt_points)
+            where = where or (content_digest(image), slice_index, token)
+            return self._predict_zoomed(image, box, window, output_size, where, dense, prompt_points)
+
+        result = mirrored(predict_box, image, box, prompt_points) if self.mirror else \
+            predict_box(image, box, prompt_points, where)
         return self._apply_clicks(result, image, window, points, where)
 
     def _apply_clicks(self, result: Prediction, image: np.ndarray, window: IntensityWindow | None,
