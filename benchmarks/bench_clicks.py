@@ -1,7 +1,7 @@
 """The interactive benchmark: a simulated user corrects each image with clicks after one tight box.
 
     python benchmarks/bench_clicks.py --images DIR --masks DIR [--model demo] [--corrector FILE]
-                                      [--max-clicks 10] [--limit N] [--json]
+                                      [--max-clicks 10] [--limit N] [--mirror] [--json]
 
 Box first; then each click goes to the centre of the largest remaining error region (positive in a
 miss, negative in a false alarm: `napari_imedsam.evaluation.next_click`), with the box and all
@@ -75,16 +75,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--corrector", default=None, help="a Dual False Corrector file for the model")
     parser.add_argument("--max-clicks", type=int, default=10)
     parser.add_argument("--limit", type=int, default=0, help="first N images only (0: all)")
+    parser.add_argument("--mirror", action="store_true", help="the box's prediction averaged over mirror images")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         loaded = load_model(args.model)
-    predictor = Predictor(loaded)
+    predictor = Predictor(loaded, mirror=args.mirror)
     samples = load_folder(args.images, args.masks)
     samples = [s for s in samples if ndimage.label(s.mask)[1] > 0]
     samples = samples[:args.limit] if args.limit else samples
-    row = {"model": args.model, "n": len(samples), "max_clicks": args.max_clicks}
+    row = {"model": args.model, "mirror": args.mirror, "n": len(samples), "max_clicks": args.max_clicks}
     row.update(click_summary([simulate(predictor, s, args.max_clicks) for s in samples], args.max_clicks))
     if args.corrector:
         from napari_imedsam.model.corrector import load_corrector

@@ -6,8 +6,11 @@ inside a wrong region: the pixels within `grow * d` of the click are handed to a
 (Grady 2006, scikit-image) on the normalised image, seeded by a disk of radius `d / 2` at the click
 with the click's label and by the model's own labels everywhere outside that neighbourhood. The
 walker's object probability replaces the model's there, so the correction follows the image's
-edges and leaves the rest of the mask exactly as the model drew it. The result is a function of the
-box's prediction and the full list of clicks (stateless: undoing a click recomputes it).
+edges and leaves the rest of the mask exactly as the model drew it. Clicks apply in the order they
+were made, each to the mask the earlier ones left (a second click in a false region is measured
+against what the first one already removed, not against the model's mask: measured that way, it
+could free, and wipe out, most of the object). The result is a function of the box's prediction and
+the ordered list of clicks (stateless: undoing a click recomputes it).
 
 `grow` = 2 and `beta` = 130 (scikit-image's default) were chosen on training images of the bundled
 model (`benchmarks/bench_clicks.py` on subsets of its recipe's training set), never on the
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +30,7 @@ from scipy import ndimage
 GROW = 2.0  # the freed neighbourhood's radius, in units of the click's depth in the wrong region
 BETA = 130.0  # the random walker's edge penalty (scikit-image's default)
 MIN_RADIUS = 3.0  # pixels: the smallest freed neighbourhood
+Window = tuple[int, int, int, int]  # (row0, row1, col0, col1), half-open
 
 
 @dataclass(frozen=True)
@@ -71,16 +76,7 @@ def click_regions(mask: np.ndarray, points: np.ndarray) -> list[ClickRegion]:
     return regions
 
 
-def walker_window(probability: np.ndarray, points: np.ndarray | None) -> tuple[int, int, int, int] | None:
-    """The (row0, row1, col0, col1) region a correction by `points` may change and reads the image in;
-    None when every click agrees with the mask (nothing changes)."""
-    if points is None or len(points) == 0:
-        return None
-    wrong = [region for region in click_regions(np.asarray(probability) > 0.5, points) if region.depth > 0]
-    return _window(wrong, probability.shape) if wrong else None
-
-
-def _window(wrong: list[ClickRegion], shape: tuple[int, int]) -> tuple[int, int, int, int]:
+def _window(wrong: list[ClickRegion], shape: tuple[int, int]) -> Window:
     height, width = shape
     return (max(min(math.ceil(r.row - r.freed_radius) for r in wrong) - 2, 0),
             min(max(math.floor(r.row + r.freed_radius) for r in wrong) + 3, height),
@@ -88,18 +84,29 @@ def _window(wrong: list[ClickRegion], shape: tuple[int, int]) -> tuple[int, int,
             min(max(math.floor(r.col + r.freed_radius) for r in wrong) + 3, width))
 
 
-def correct_with_clicks(probability: np.ndarray, image01: np.ndarray, points: np.ndarray | None,
-                        beta: float = BETA, image_origin: tuple[int, int] = (0, 0)) -> np.ndarray:
+def correct_with_clicks(probability: np.ndarray, image01: np.ndarray | Callable[[Window], np.ndarray],
+                        points: np.ndarray | None, beta: float = BETA) -> np.ndarray:
     """The object probability after the clicks: `probability` (H, W) where the clicks agree with it
     or are far away, the random walker's object probability around each click it contradicts.
-    `image01` is the image in [0, 1], (h, w) or (h, w, C): the whole slice, or any part of it that
-    covers `walker_window`, with its first pixel at `image_origin` (row, col) of the slice;
-    `points` (N, 3) rows of (x, y, positive)."""
-    from skimage.segmentation import random_walker  # scikit-image is heavy: imported on the first click
-
+    `image01` is the (H, W) or (H, W, C) image in [0, 1], or a function giving the part of it in a
+    (row0, row1, col0, col1) window (only the windows the walker works in are asked for); `points`
+    (N, 3) rows of (x, y, positive), in the order they were made."""
     probability = np.asarray(probability, dtype=np.float32)
     if points is None or len(points) == 0:
         return probability
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    read = image01 if callable(image01) else (lambda w: np.asarray(image01)[w[0]:w[1], w[2]:w[3]])
+    corrected = probability
+    for count in range(1, len(points) + 1):  # each click corrects the mask the earlier ones left
+        corrected = _correct_once(corrected, read, points[:count], beta)
+    return corrected
+
+
+def _correct_once(probability: np.ndarray, read: Callable[[Window], np.ndarray], points: np.ndarray,
+                  beta: float) -> np.ndarray:
+    """One step: every click a seed, the ones contradicting `probability`'s mask freed around them."""
+    from skimage.segmentation import random_walker  # scikit-image is heavy: imported on the first click
+
     mask = probability > 0.5
     regions = click_regions(mask, points)
     wrong = [region for region in regions if region.depth > 0]
@@ -118,7 +125,11 @@ def correct_with_clicks(probability: np.ndarray, image01: np.ndarray, points: np
     if not (seeds == 1).any() or not (seeds == 2).any():  # one label only: it fills the region
         walked = (seeds != 2).astype(np.float32)
     else:
-        crop = _single_channel_if_grey(np.asarray(_image_crop(image01, image_origin, (r0, r1, c0, c1)), np.float64))
+        crop = np.asarray(read((r0, r1, c0, c1)), dtype=np.float64)
+        if crop.shape[:2] != seeds.shape:
+            raise ValueError(f"the image part for window {(r0, r1, c0, c1)} has shape {crop.shape[:2]}, "
+                             f"not {seeds.shape}")
+        crop = _single_channel_if_grey(crop)
         with warnings.catch_warnings():  # "probability range outside [0, 1]" by solver tolerance: clipped below
             warnings.simplefilter("ignore", UserWarning)
             walked = random_walker(crop, seeds, beta=beta, mode="cg_j", return_full_prob=True,
@@ -127,15 +138,6 @@ def correct_with_clicks(probability: np.ndarray, image01: np.ndarray, points: np
     corrected = probability.copy()
     corrected[r0:r1, c0:c1][free] = walked[free]
     return corrected
-
-
-def _image_crop(image01: np.ndarray, origin: tuple[int, int], window: tuple[int, int, int, int]) -> np.ndarray:
-    r0, r1, c0, c1 = window
-    top, left = origin
-    if r0 < top or c0 < left or r1 - top > image01.shape[0] or c1 - left > image01.shape[1]:
-        raise ValueError(f"the image part at {origin} of shape {image01.shape[:2]} does not cover the "
-                         f"correction's window {window}")
-    return image01[r0 - top:r1 - top, c0 - left:c1 - left]
 
 
 def _single_channel_if_grey(image: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ from ..model.imedsam import BoxPrompt, IMedSAM
 from ..model.inr import CoarseOutput, refine_count
 from ..model.registry import LoadedModel
 from .boxes import box_with_clicks, validate_clicks
-from .clicks import correct_with_clicks, walker_window
+from .clicks import correct_with_clicks
 from .crops import CropMemory
 from .embedding_store import Embedding, EmbeddingStore
 from .mirror import mirrored
@@ -206,13 +206,10 @@ class Predictor:
             points = np.column_stack([(points[:, 0] + 0.5) * sx - 0.5, (points[:, 1] + 0.5) * sy - 0.5, points[:, 2]])
             image01 = resize(image01, (*out_hw, image01.shape[2]), order=1, anti_aliasing=True)
             return replace(result, refined_prob=correct_with_clicks(result.refined_prob, image01, points))
-        part = walker_window(result.refined_prob, points)
-        if part is None:  # every click agrees with the mask
-            return result
-        r0, r1, c0, c1 = part
-        image01 = self._intensity_range(where, image, window).apply(image[r0:r1, c0:c1])
-        return replace(result, refined_prob=correct_with_clicks(result.refined_prob, image01, points,
-                                                                image_origin=(r0, c0)))
+        resolved = self._intensity_range(where, image, window)  # the walker reads only its windows
+        corrected = correct_with_clicks(result.refined_prob,
+                                        lambda w: resolved.apply(image[w[0]:w[1], w[2]:w[3]]), points)
+        return replace(result, refined_prob=corrected)
 
     def _predict_zoomed(self, image: np.ndarray, box: np.ndarray, window: IntensityWindow | None,
                         output_size: tuple[int, int] | None, where: tuple, dense: bool,
