@@ -59,6 +59,7 @@ class IMedSAMWidget(QWidget):
         self.image_combo.changed.connect(lambda _: models.image_changed(self))
         self.window_combo.changed.connect(self.prefetch)
         self.show_uncertainty.changed.connect(self._show_uncertainty)
+        self.mirror.changed.connect(self._mirror_changed)
         self.propagate_button.clicked.connect(self.propagate)
         self.cancel_button.clicked.connect(self.volume.cancel)
         self.next_button.clicked.connect(self.next_uncertain_slice)
@@ -182,6 +183,13 @@ class IMedSAMWidget(QWidget):
         labels = self.labels_layer()
         if labels is not None:
             labels.contour, labels.opacity = (2, 0.9) if visible else (0, 0.6)
+
+    def _mirror_changed(self, on: bool) -> None:
+        """The next boxes, clicks and propagations average over the image's mirrors (or stop doing so)."""
+        if self.state.predictor is not None:
+            self.state.predictor.mirror = bool(on)
+        self.set_status("Mirror averaging on: each box runs 4 times (slower, better masks)." if on else
+                        "Mirror averaging off.")
 
     def toggle_uncertainty(self) -> None:
         self.show_uncertainty.value = not self.show_uncertainty.value

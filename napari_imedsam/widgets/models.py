@@ -82,7 +82,7 @@ def serve(self: IMedSAMWidget, model, keep_cache: bool = True) -> None:
 
     cache = self.state.predictor.cache if keep_cache and self.state.predictor is not None else None
     self.state.model = model
-    self.state.predictor = Predictor(model, cache=cache, crop_tolerance=INTERACTIVE_TOLERANCE)
+    self.state.predictor = Predictor(model, cache=cache, crop_tolerance=INTERACTIVE_TOLERANCE, mirror=self.mirror.value)
     for session in self.state.sessions.values():
         session.predictor = self.state.predictor
 

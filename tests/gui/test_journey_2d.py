@@ -192,3 +192,25 @@ def test_load_button_adds_the_layers_one_turn_at_a_time_then_says_ready(make_nap
     assert limits[:4] == [1, 1, 1, 1]  # one layer per turn (then the session's own check adds none)
     names = [layer.name for layer in viewer.layers]
     assert names[-4:] == seen and viewer.layers[BOXES].mode == "add_rectangle"
+
+
+def test_mirror_averaging_from_the_dock_and_it_survives_a_model_reload(docked):
+    """Tick 'Mirror averaging': the next mouse-drawn box is the mean over the slice's mirrors (the labels
+    written equal the mirrored prediction for that box); it stays on after the model is served again."""
+    from napari_imedsam.inference.predictor import Predictor
+    from napari_imedsam.widgets import models
+
+    viewer, dock = docked
+    image, boxes, labels, truth, names = thorax(viewer, dock)
+    dock.mirror.value = True
+    assert dock.state.predictor.mirror and "Mirror averaging on" in dock.status_text()
+    mask = truth == names["aorta_000"]
+    label = draw(viewer, dock, image, mask)
+    box = boxes.data[-1]
+    (y0, x0), (y1, x1) = box.min(axis=0), box.max(axis=0)
+    expected = Predictor(dock.state.model, mirror=True).predict(image.data, [x0, y0, x1, y1]).refined_mask
+    assert dice(labels.data == label, expected) > 0.99 and dice(labels.data == label, mask) > 0.7
+    models.serve(dock, dock.state.model)  # what loading a model or an adapter version does
+    assert dock.state.predictor.mirror
+    dock.mirror.value = False
+    assert not dock.state.predictor.mirror
