@@ -61,11 +61,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--brats", type=Path, required=True, help="the brats2013_dev folder")
     parser.add_argument("--model", default=None, help="default: the default model")
     parser.add_argument("--patients", nargs="*", default=["brats_2013_pat0006_1"])
+    parser.add_argument("--mirror", action="store_true", help="average every slice over its mirror images")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        predictor = Predictor(load_model(args.model))
+        predictor = Predictor(load_model(args.model), mirror=args.mirror)
     for patient in args.patients:
         row = run(predictor, args.brats / patient)
         print(json.dumps(row) if args.json else " ".join(f"{k}={v}" for k, v in row.items()), flush=True)
