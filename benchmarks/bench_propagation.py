@@ -23,7 +23,7 @@ from scipy import ndimage
 from napari_imedsam.evaluation import dice
 from napari_imedsam.inference.boxes import box_of_mask
 from napari_imedsam.inference.predictor import Predictor
-from napari_imedsam.inference.propagation import propagate_both
+from napari_imedsam.inference.propagation import PropagationRules, propagate_both
 from napari_imedsam.inference.session import AnnotationSession
 from napari_imedsam.model.registry import load_model
 
@@ -39,14 +39,14 @@ def tumour_volume(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     return volume, components == 1 + int(np.argmax(sizes))
 
 
-def run(predictor: Predictor, folder: Path) -> dict:
+def run(predictor: Predictor, folder: Path, rules: PropagationRules) -> dict:
     volume, truth = tumour_volume(folder)
     start_slice = int(np.argmax(truth.sum(axis=(1, 2))))
     session = AnnotationSession(predictor, volume, np.zeros(volume.shape, np.int32))
     start = time.perf_counter()
     session.segment(start_slice, box_of_mask(truth[start_slice]), 1)
     stops: list[str] = []
-    for result in propagate_both(session, start_slice, 1, stops):
+    for result in propagate_both(session, start_slice, 1, stops, rules):
         session.apply(result)
     predicted = session.labels == 1
     spans = [np.nonzero(m.any(axis=(1, 2)))[0] for m in (predicted, truth)]
@@ -61,14 +61,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--brats", type=Path, required=True, help="the brats2013_dev folder")
     parser.add_argument("--model", default=None, help="default: the default model")
     parser.add_argument("--patients", nargs="*", default=["brats_2013_pat0006_1"])
-    parser.add_argument("--mirror", action="store_true", help="average every slice over its mirror images")
+    parser.add_argument("--one-pass", action="store_true",
+                        help="propagated slices without mirror averaging (before session 7's default)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        predictor = Predictor(load_model(args.model), mirror=args.mirror)
+        predictor = Predictor(load_model(args.model))
     for patient in args.patients:
-        row = run(predictor, args.brats / patient)
+        row = run(predictor, args.brats / patient, PropagationRules(mirror=not args.one_pass))
         print(json.dumps(row) if args.json else " ".join(f"{k}={v}" for k, v in row.items()), flush=True)
 
 

@@ -153,6 +153,22 @@ def test_propagation_stops_where_the_object_ends(demo_predictor):
     assert set(np.nonzero((session.labels == 1).any(axis=(1, 2)))[0]) == {20}
 
 
+def test_propagated_slices_are_mirror_averaged_and_the_start_slice_is_as_drawn(demo_predictor, monkeypatch):
+    from napari_imedsam.inference.propagation import PropagationRules
+
+    asked = []
+    original = Predictor.predict
+
+    def spy(self, *args, **kwargs):
+        asked.append(kwargs.get("mirror"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Predictor, "predict", spy)
+    session, truth, _ = phantom_propagation(demo_predictor)
+    assert asked[0] is None and len(asked) > 3 and all(m is True for m in asked[1:])  # the box, then propagation
+    assert PropagationRules().mirror and not demo_predictor.mirror
+
+
 def test_review_queue_ranks_empty_and_wrong_slices_first():
     volume = np.full((7, 32, 32), 0.2, np.float32)
     volume[:, 10:20, 10:20] = 0.8  # a bright object on every slice

@@ -162,11 +162,12 @@ class Predictor:
     # ---- prediction -------------------------------------------------------------------------
     def predict(self, image: np.ndarray, box_xyxy, *, window: IntensityWindow | None = None,
                 output_size: tuple[int, int] | None = None, slice_index: int | None = None,
-                dense: bool = False, points: np.ndarray | None = None) -> Prediction:
+                dense: bool = False, points: np.ndarray | None = None,
+                mirror: bool | None = None) -> Prediction:
         """Segment the object in `box_xyxy` (x0, y0, x1, y1 in image pixels) of a 2D slice; `points`
         (N, 3) rows of (x, y, positive) are clicks: they correct the mask where they land (`clicks`),
         and are click prompts to the network too when it was trained with them (`prompt_clicks`); they
-        never re-run the encoder."""
+        never re-run the encoder. `mirror` (None: the predictor's setting) averages over the mirrors."""
         image = as_2d_image(image)
         points = validate_clicks(points)
         box = box_with_clicks(validate_box(box_xyxy, image.shape[:2]), points, image.shape[:2])
@@ -187,8 +188,9 @@ class Predictor:
             where = where or (content_digest(image), slice_index, token)
             return self._predict_zoomed(image, box, window, output_size, where, dense, prompt_points)
 
-        result = mirrored(predict_box, image, box, prompt_points) if self.mirror else \
-            predict_box(image, box, prompt_points, where)
+        mirror = self.mirror if mirror is None else mirror
+        result = mirrored(predict_box, image, box, prompt_points) if mirror else predict_box(image, box, prompt_points,
+                                                                                              where)
         return self._apply_clicks(result, image, window, points, where)
 
     def _apply_clicks(self, result: Prediction, image: np.ndarray, window: IntensityWindow | None,

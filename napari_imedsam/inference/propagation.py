@@ -39,6 +39,9 @@ class PropagationRules:
     max_intensity_shift: float = 2.5  # |median(new) - median(start)| / spread(start)
     min_object_like: float = 0.5  # object-like fraction of the mask, relative to the start slice's
     max_uncertainty_ratio: float = 5.0
+    # Every propagated slice averaged over its mirror images (`mirror`): ~4x the time of a background
+    # job, and propagation compounds each slice's errors (BraTS patient 6: volume Dice 0.828 -> 0.879).
+    mirror: bool = True
 
 
 BINS = 32
@@ -146,16 +149,17 @@ def propagate(session: AnnotationSession, slice_index: int, label: int, directio
     start = session.results.get((z, label))
     start_uncertainty = start.mean_uncertainty if start is not None else 0.0
     if start is None:  # painted only: ask the model once to know how sure it is about this object
-        start_uncertainty = session.predict(z, _padded_box(previous, rules.box_pad), label).mean_uncertainty
+        start_uncertainty = session.predict(z, _padded_box(previous, rules.box_pad), label,
+                                            mirror=rules.mirror).mean_uncertainty
     profile = ObjectProfile.of(slice_grey(session, z), previous, start_uncertainty)
     z += direction
     while 0 <= z < session.n_slices:
-        result = session.predict(z, _padded_box(previous, rules.box_pad), label)
+        result = session.predict(z, _padded_box(previous, rules.box_pad), label, mirror=rules.mirror)
         mask = result.full("refined_mask", session.slice_shape)
         if mask.any():
             tight = box_of_mask(mask)
             if np.abs(tight - result.box_xyxy).max() > rules.box_pad + 1:
-                result = session.predict(z, _padded_box(mask, 1.0), label)
+                result = session.predict(z, _padded_box(mask, 1.0), label, mirror=rules.mirror)
                 mask = result.full("refined_mask", session.slice_shape)
         mask = _connected_to(mask, previous)
         reason = why_object_ended(mask, previous, slice_grey(session, z), result.mean_uncertainty, profile, rules)

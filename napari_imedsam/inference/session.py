@@ -201,16 +201,16 @@ class AnnotationSession:
         return self.predictor
 
     # ---- one box --------------------------------------------------------------------------------
-    def predict(self, slice_index: int | None, box_xyxy, label: int, points: np.ndarray | None = None
-                ) -> ObjectResult:
+    def predict(self, slice_index: int | None, box_xyxy, label: int, points: np.ndarray | None = None,
+                mirror: bool | None = None) -> ObjectResult:
         """Run the model for a box (and clicks: (N, 3) rows of x, y, positive); does not touch the labels
-        (safe in a worker thread)."""
+        (safe in a worker thread). `mirror`: see `Predictor.predict`."""
         if label < 1:
             raise InputError(f"label value must be 1 or more, got {label}")
         z = self.check_slice(slice_index)
         image = self.slice_image(z)
         prediction = self._require_predictor().predict(image, box_xyxy, window=self.window, slice_index=z,
-                                                       points=points)
+                                                       points=points, mirror=mirror)
         suggestions = None
         if self.corrector is not None:
             from .correction import suggest
