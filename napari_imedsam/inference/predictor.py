@@ -188,9 +188,10 @@ class Predictor:
             where = where or (content_digest(image), slice_index, token)
             return self._predict_zoomed(image, box, window, output_size, where, dense, prompt_points)
 
-        mirror = self.mirror if mirror is None else mirror
-        result = mirrored(predict_box, image, box, prompt_points) if mirror else predict_box(image, box, prompt_points,
-                                                                                              where)
+        if self.mirror if mirror is None else mirror:
+            result = mirrored(predict_box, image, box, prompt_points)
+        else:
+            result = predict_box(image, box, prompt_points, where)
         return self._apply_clicks(result, image, window, points, where)
 
     def _apply_clicks(self, result: Prediction, image: np.ndarray, window: IntensityWindow | None,
