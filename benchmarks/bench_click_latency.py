@@ -46,10 +46,10 @@ def measure(predictor: Predictor, size: int, repeats: int) -> dict:
     missed = np.argwhere(truth & ~plain.refined_mask)
     row, col = missed[len(missed) // 2]
     points = np.array([[float(col), float(row), 1.0]])
-    where = (content_digest(big), None, IntensityWindow().cache_token())
+    resolved = predictor._intensity_range((content_digest(big), None, IntensityWindow().cache_token()), big, None)
     box_ms = median_ms(lambda: predictor.predict(big, box), repeats)
     box_click_ms = median_ms(lambda: predictor.predict(big, box, points=points), repeats)
-    click_ms = median_ms(lambda: predictor._apply_clicks(plain, big, None, points, where), repeats)
+    click_ms = median_ms(lambda: predictor._apply_clicks(plain, big, points, resolved), repeats)
     return {"size": size, "box_ms": round(box_ms, 1), "box_click_ms": round(box_click_ms, 1),
             "click_ms": round(click_ms, 1), "click_over_box": round(click_ms / box_ms, 3)}
 

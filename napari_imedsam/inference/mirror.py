@@ -6,6 +6,7 @@ crop encodings per box: for batch work (`imedsam predict / evaluate --mirror`), 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 
@@ -62,8 +63,6 @@ def mirrored(predict_box: Callable, image: np.ndarray, box: np.ndarray, points: 
     """`predict_box(image, box, points) -> Prediction` on the slice and its three mirrors; the mean of
     the coarse, uncertainty and refined maps (flipped back), the union of the decoded regions, the
     original box. The result has the type and size of one pass."""
-    from dataclasses import replace
-
     shape = image.shape[:2]
     results = []
     for rows, cols in MIRRORS:

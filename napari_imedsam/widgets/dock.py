@@ -185,7 +185,7 @@ class IMedSAMWidget(QWidget):
             labels.contour, labels.opacity = (2, 0.9) if visible else (0, 0.6)
 
     def _mirror_changed(self, on: bool) -> None:
-        """The next boxes, clicks and propagations average over the image's mirrors (or stop doing so)."""
+        """The next boxes and clicks average over the image's mirrors, or stop doing so (propagation always does)."""
         if self.state.predictor is not None:
             self.state.predictor.mirror = bool(on)
         self.set_status("Mirror averaging on: each box runs 4 times (slower, better masks)." if on else
