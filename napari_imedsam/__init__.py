@@ -33,6 +33,7 @@ _API = {
     "MR_PERCENTILES": "napari_imedsam.inference.windows",
     "InputError": "napari_imedsam.errors",
     "CheckpointError": "napari_imedsam.errors",
+    "load_sample": "napari_imedsam._sample_data",
 }
 __all__ = ["__version__", *_API]
 

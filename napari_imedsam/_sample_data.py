@@ -37,6 +37,30 @@ def load_ct_slice(stem: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     return np.flipud(image).copy(), np.flipud(labels).copy(), names
 
 
+def load_sample(name: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """A bundled sample as arrays, the way `imedsam predict --image sample:NAME` reads it: `ct_abdomen`,
+    `ct_thorax`, `ct_pelvis` (upright uint8 CT slices) or `phantom_3d` (a CT volume in HU, (z, y, x));
+    with `/STRUCTURE` (`ct_abdomen/liver_000`, `phantom_3d/organ`) also that structure's mask, else None."""
+    from .errors import InputError
+    from .io.phantoms import phantom_volume
+
+    key, _, structure = name.removeprefix("sample:").partition("/")
+    if key == "phantom_3d":
+        pixels, labels = phantom_volume()
+        names = list(PHANTOM_STRUCTURES)
+    elif key in CT_SAMPLES:
+        pixels, labels, names = load_ct_slice(CT_SAMPLES[key])
+    else:
+        raise InputError(f"unknown sample {key!r}; known: {', '.join([*CT_SAMPLES, 'phantom_3d'])}")
+    if not structure:
+        return pixels, None
+    if structure not in names:
+        raise InputError(f"sample {key} has no structure {structure!r}; it has: {', '.join(names)}")
+    if key == "phantom_3d":
+        return pixels, np.isin(labels, PHANTOM_STRUCTURES[structure])
+    return pixels, labels == names.index(structure) + 1
+
+
 def _ct_layers(stem: str, title: str) -> list[tuple]:
     image, labels, names = load_ct_slice(stem)
     source = "AMOS (CC BY 4.0)" if stem.startswith("amos") else "TotalSegmentator (CC BY 4.0)"

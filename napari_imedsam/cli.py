@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -105,26 +106,11 @@ def read_sample(name: str):
     `sample:ct_abdomen` (ct_thorax, ct_pelvis) are CT slices with expert masks, upright (e.g.
     `sample:ct_abdomen/liver_000`); `sample:phantom_3d` is the generated CT volume in HU with
     exact labels (`sample:phantom_3d/organ`, `/lesion`; the mask is then a volume)."""
-    from ._sample_data import CT_SAMPLES, PHANTOM_SPACING, PHANTOM_STRUCTURES, load_ct_slice
+    from ._sample_data import PHANTOM_SPACING, load_sample
     from .io.images import ImageData
-    from .io.phantoms import phantom_volume
 
-    key, _, structure = name[len("sample:"):].partition("/")
-    if key == "phantom_3d":
-        volume, labels = phantom_volume()
-        image, names = ImageData(volume, spacing=PHANTOM_SPACING), list(PHANTOM_STRUCTURES)
-    elif key in CT_SAMPLES:
-        pixels, labels, names = load_ct_slice(CT_SAMPLES[key])
-        image = ImageData(pixels)
-    else:
-        raise InputError(f"unknown sample {key!r}; known: {', '.join([*CT_SAMPLES, 'phantom_3d'])}")
-    if not structure:
-        return image, None
-    if structure not in names:
-        raise InputError(f"sample {key} has no structure {structure!r}; it has: {', '.join(names)}")
-    if key == "phantom_3d":
-        return image, np.isin(labels, PHANTOM_STRUCTURES[structure])
-    return image, labels == names.index(structure) + 1
+    pixels, truth = load_sample(name)
+    return ImageData(pixels, spacing=PHANTOM_SPACING if pixels.ndim == 3 else None), truth
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -156,7 +142,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     source = image if size is None else None
     maps = [(args.out, result.refined_mask), (args.uncertainty, result.uncertainty.astype(np.float32)),
             (args.coarse, result.coarse_prob.astype(np.float32))]
+    replaced = [path for path, _ in maps if path and os.path.exists(path)]
     write_arrays([(path, array) for path, array in maps if path], source, volume_slice)  # all or nothing
+    if replaced:
+        print(f"replaced the existing {', '.join(replaced)}")
     area = int(result.refined_mask.sum())
     print(f"wrote {args.out}: {area} mask pixels, mean uncertainty in box {result.mean_uncertainty_in_box:.4f}, "
           f"refined {result.n_refined} points")
@@ -257,7 +246,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate
 
     size = parse_size(args.size)
-    samples = load_folder(args.images, args.masks)
+    skipped: list[str] = []
+    samples = load_folder(args.images, args.masks, skipped)
+    if skipped:
+        shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        print(f"imedsam: note: {len(skipped)} image(s) without a non-empty mask in {args.masks} are not scored: "
+              f"{shown}", file=sys.stderr)
     loaded = _load(args)
     if args.uncertainty:
         loaded = loaded.with_uncertainty(args.uncertainty)

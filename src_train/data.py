@@ -74,10 +74,12 @@ def load_export(folder: str | os.PathLike) -> list[Sample]:
     return samples
 
 
-def load_folder(images: str | os.PathLike, masks: str | os.PathLike) -> list[Sample]:
+def load_folder(images: str | os.PathLike, masks: str | os.PathLike,
+                skipped: list[str] | None = None) -> list[Sample]:
     """Samples from plain folders, each with a tight box. An image pairs with the mask of the same
     name (>0 = object) and with every mask named after it plus `_` and a structure name
-    (`IMAGE_liver_000.png`: one object per mask, as in SAM-Med2D's layout and the bundled CT slices)."""
+    (`IMAGE_liver_000.png`: one object per mask, as in SAM-Med2D's layout and the bundled CT slices).
+    `skipped`, when given, receives the names of the images that have no mask, or only empty ones."""
     images, masks = Path(images), Path(masks)
     for folder in (images, masks):
         if not folder.is_dir():
@@ -88,7 +90,10 @@ def load_folder(images: str | os.PathLike, masks: str | os.PathLike) -> list[Sam
     samples = []
     for path in image_files:
         if not masks_of.get(_stem(path)):
+            if skipped is not None:
+                skipped.append(path.name)
             continue
+        count = len(samples)
         image = _as_slice(read_image(path).data)
         for mask_path in masks_of[_stem(path)]:
             mask_data = _as_slice(read_image(mask_path).data)
@@ -99,6 +104,8 @@ def load_folder(images: str | os.PathLike, masks: str | os.PathLike) -> list[Sam
                                  f"{path} of shape {image.shape[:2]}")
             if mask.any():
                 samples.append(Sample(image, mask, box_of_mask(mask), _stem(mask_path)))
+        if skipped is not None and len(samples) == count:
+            skipped.append(path.name)
     if not samples:
         raise ValueError(f"no image in {images} has a non-empty mask in {masks} named after it "
                          "(IMAGE.png, or IMAGE_STRUCTURE.png for one object per mask)")

@@ -45,6 +45,23 @@ def test_predict_png_writes_mask_uncertainty_and_size(tmp_path, model_file, caps
     assert np.asarray(Image.open(sized)).shape == (120, 160)
 
 
+def test_replacing_an_output_is_said_and_an_image_without_mask_is_named(tmp_path, model_file, capsys):
+    image = tmp_path / "images" / "a.png"
+    image.parent.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40), dtype=np.uint8)).save(image)
+    out = tmp_path / "mask.png"
+    out.write_bytes(b"precious")
+    assert main(["predict", "--model", model_file, "--image", str(image), "--box", "5,5,30,30", "--out", str(out)]) == 0
+    assert f"replaced the existing {out}" in capsys.readouterr().out
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    Image.fromarray(np.where(np.arange(40)[:, None] < 20, 255, 0).astype(np.uint8).repeat(40, 1)).save(masks / "a.png")
+    Image.open(image).save(tmp_path / "images" / "b.png")  # no mask: said, not silently dropped
+    assert main(["evaluate", "--model", model_file, "--images", str(tmp_path / "images"), "--masks", str(masks)]) == 0
+    captured = capsys.readouterr()
+    assert "1 objects" in captured.out and "not scored: b.png" in captured.err
+
+
 def test_predict_nifti_slice_keeps_the_source_affine(tmp_path, model_file):
     volume = np.random.default_rng(0).normal(size=(40, 50, 6)).astype(np.float32)  # NIfTI (x, y, z)
     affine = np.diag([0.8, 0.8, 2.5, 1.0])

@@ -37,6 +37,9 @@ BAD_SLICES = {  # name: (slice factory, words the message must contain)
     "negative labels": (lambda: _with(labels=square_slice().labels * -3), ["negative"]),
     "4-channel image": (lambda: _with(image=np.zeros((24, 24, 4), np.float32)), ["(24, 24, 4)"]),
     "4D image": (lambda: _with(image=np.zeros((2, 24, 24, 3), np.float32)), ["(2, 24, 24, 3)"]),
+    # named by the volume's slice, not by its place in the batch (was "slice 0 (...)" for slice 33)
+    "empty labels": (lambda: _with(labels=np.zeros((24, 24), np.int32), slice_index=33),
+                     ["slice 33 of fault.nii.gz", "without labels"]),
 }
 
 

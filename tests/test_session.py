@@ -106,6 +106,23 @@ def test_accept_needs_labels(phantom_session):
     assert session.accepted == {None}
 
 
+def test_a_slice_left_without_labels_is_no_longer_accepted():
+    """Undo (or the eraser) that empties an accepted slice takes it out of export and fine-tuning,
+    instead of blocking them with "an accepted slice without labels"."""
+    volume = np.zeros((3, 20, 20), np.float32)
+    session = AnnotationSession(None, volume, np.zeros(volume.shape, np.int32), axis=0)
+    square = np.zeros((20, 20), np.float32)
+    square[5:15, 5:15] = 0.9
+    session.apply(fake_result(1, square, slice_index=1))
+    session.apply(fake_result(2, square, slice_index=2))
+    session.accept(1)
+    session.accept(2)
+    session.undo()  # object 2's result on slice 2 goes: slice 2 has no labels left
+    assert session.accepted == {1}
+    session.labels[1] = 0  # the user erases slice 1 with the brush
+    assert session.accepted_objects() == [] and session.accepted == set()
+
+
 def test_a_volume_is_normalised_with_one_window_for_every_slice():
     volume, _ = phantom_volume()
     window = volume_window(volume, None)

@@ -314,7 +314,17 @@ class AnnotationSession:
             else:
                 self.results[patch.key] = patch.previous_result
             undone.append(patch)
+        self.unaccept_empty({patch.slice_index for patch in undone})
         return undone
+
+    def unaccept_empty(self, slice_indices=None) -> list[int | None]:
+        """Accepted slices (of `slice_indices`, default all) left with no labels stop being accepted:
+        nothing to export or train on there. Returns them."""
+        emptied = [z for z in list(self.accepted) if (slice_indices is None or z in slice_indices)
+                   and not self.slice_labels(z).any()]
+        for z in emptied:
+            self.accepted.discard(z)
+        return sorted(emptied, key=lambda v: -1 if v is None else v)
 
     def apply_edit(self, slice_index: int | None, pixels: np.ndarray, value: int,
                    key: tuple[int | None, int]) -> int:
@@ -357,7 +367,9 @@ class AnnotationSession:
 
     def accepted_objects(self) -> list[tuple[int | None, np.ndarray, np.ndarray, dict[int, list[float]]]]:
         """Accepted slices not exported yet: (slice, image copy, labels copy, {label: box}). The box is
-        the user's, or a tight one for objects that were only painted."""
+        the user's, or a tight one for objects that were only painted. Accepted slices whose labels were
+        all erased since are no longer accepted (`unaccept_empty`)."""
+        self.unaccept_empty()
         items = []
         for z in sorted(self.accepted - self.exported, key=lambda v: -1 if v is None else v):
             labels = self.slice_labels(z).copy()

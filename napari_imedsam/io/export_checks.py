@@ -109,7 +109,8 @@ def _extra(where: str, extra: object) -> None:
 
 def check_slice(index: int, item: ExportSlice) -> CheckedSlice:
     """Every check on one slice; raises `InputError` naming the slice and the problem."""
-    where = f"slice {index}" + (f" ({item.source})" if item.source else "")
+    where = (f"slice {item.slice_index}" if isinstance(item.slice_index, (int, np.integer)) else f"item {index}") \
+        + (f" of {item.source}" if item.source else "")
     image = np.asarray(item.image)
     channels = _channels(where, image)
     labels = _labels(where, np.asarray(item.labels), channels[0].shape)

@@ -28,8 +28,7 @@ class ClickActions:
         self._connected: set[int] = set()
 
     def layer(self) -> Points | None:
-        viewer = self.dock.viewer
-        return viewer.layers[POINTS] if POINTS in viewer.layers else None
+        return self.dock.plugin_layer(POINTS)
 
     def _ensure(self) -> Points:
         from .state import identity
@@ -38,7 +37,8 @@ class ClickActions:
         if layer is None:
             layers = self.dock.layer_set()
             n = len(layers.shape)
-            layer = Points(np.zeros((0, n)), ndim=n, name=POINTS, size=7, border_color="white", border_width=0.1,
+            layer = Points(np.zeros((0, n)), ndim=n, name=layers.name_for(POINTS), metadata=layers.link(POINTS),
+                           size=7, border_color="white", border_width=0.1,
                            features={"label": np.zeros(0, int), "positive": np.zeros(0, bool),
                                      "click": np.zeros(0, int)},
                            scale=layers.image.scale[-n:], translate=layers.image.translate[-n:])
@@ -78,8 +78,13 @@ class ClickActions:
         """A click was added: give it its object and sign, and queue that object."""
         if str(getattr(event, "action", "")) != "added":
             return
+        self.dock.follow(getattr(event, "source", None))  # a click on another image's points: that image
         layer = self.layer()
+        if layer is None:
+            return
         features = layer.features
+        # after ids an earlier dock of this viewer gave
+        self._next_id = max(self._next_id, int(features["click"].to_numpy().max(initial=0)) + 1)
         label = int(self.dock.labels_layer().selected_label)
         for index in event.data_indices:
             index = int(index) + (len(layer.data) if int(index) < 0 else 0)
@@ -104,6 +109,10 @@ class ClickActions:
                 rows.append((x, y, 1.0 if positive else 0.0))
                 ids.append(int(click))
         return (np.asarray(rows) if rows else None), tuple(ids)
+
+    def forget_connections(self) -> None:
+        """A newer dock handles the points layer's events now: this one stops tracking what it connected."""
+        self._connected.clear()
 
     def forget(self, click_ids: set[int]) -> None:
         """Remove clicks (their result was undone)."""

@@ -23,6 +23,7 @@ from qtpy.QtWidgets import QFrame, QLabel, QScrollArea, QSizePolicy, QVBoxLayout
 
 from ..inference.windows import CT_PRESETS
 from . import actions
+from .layers import annotatable_images
 
 if TYPE_CHECKING:
     from .dock import IMedSAMWidget
@@ -41,7 +42,8 @@ def model_choices() -> list[str]:
 def build(self: IMedSAMWidget) -> None:
     """Create the dock's controls as attributes of the dock and lay them out."""
     key = actions.shortcut
-    self.image_combo = create_widget(annotation=Image, label="image")
+    self.image_combo = create_widget(annotation=Image, label="image",  # not the plugin's own maps
+                                     options={"choices": lambda _: annotatable_images(self.viewer)})
     self.model_combo = ComboBox(label="model", choices=model_choices())
     self.checkpoint = FileEdit(label="checkpoint", filter="*.pth *.pt *.safetensors", visible=False)
     self.device_combo = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"])

@@ -25,8 +25,7 @@ class CorrectionActions:
         self.dock = dock
 
     def layer(self) -> Labels | None:
-        viewer = self.dock.viewer
-        return viewer.layers[SUGGESTIONS] if SUGGESTIONS in viewer.layers else None
+        return self.dock.plugin_layer(SUGGESTIONS)
 
     def show(self, slice_index: int | None) -> int:
         """Draw the suggestions of a slice (creating the layer the first time there are any); returns how
@@ -42,8 +41,8 @@ class CorrectionActions:
             layers = self.dock.layer_set()
             place = {"scale": layers.image.scale[-len(layers.shape):],
                      "translate": layers.image.translate[-len(layers.shape):]}
-            layer = Labels(np.zeros(layers.shape, np.uint8), name=SUGGESTIONS, colormap=COLORS, opacity=0.7,
-                           **place)
+            layer = Labels(np.zeros(layers.shape, np.uint8), name=layers.name_for(SUGGESTIONS), colormap=COLORS,
+                           opacity=0.7, metadata=layers.link(SUGGESTIONS), **place)
             viewer = self.dock.viewer
             active = viewer.layers.selection.active
             viewer.add_layer(layer)

@@ -21,7 +21,7 @@ from .clicks import ClickActions
 from .controls import AS_DISPLAYED, CHECKPOINT
 from .corrections import CorrectionActions
 from .finetune import FineTuner
-from .layers import BOXES, LABELS, UNCERTAINTY, LayerSet
+from .layers import BOXES, IMAGE_ID, LABELS, LINK, UNCERTAINTY, LayerSet, image_id
 from .prompts import BoxPrompter
 from .state import identity
 from .volume import VolumeActions
@@ -37,6 +37,9 @@ class IMedSAMWidget(QWidget):
         self.viewer = napari_viewer
         self.state = state.state_of(napari_viewer)
         self.state.docks += 1
+        if self.state.dock is not None:  # the dock was closed and opened again: this one takes over
+            self.state.dock.detach()
+        self.state.dock = self
         self.workers = Workers(self.error, self)
         self.prompter = BoxPrompter(self)
         self.volume = VolumeActions(self)
@@ -48,8 +51,9 @@ class IMedSAMWidget(QWidget):
         self._build_controls()
         actions.register(napari_viewer, self)
         self.viewer.dims.events.current_step.connect(self.prefetch)
+        self.viewer.layers.selection.events.active.connect(self._follow_active)
         if self.state.model is not None:  # the dock was closed and opened again: same model, same work
-            self.version_combo.choices = list(self.state.versions)
+            models.reattach(self)
             self.set_status(f"Model {self.state.model.model_id} ready. Draw a box on the image.")
 
     def _build_controls(self) -> None:
@@ -97,15 +101,31 @@ class IMedSAMWidget(QWidget):
             raise InputError("no image layer: open an image first (File > Open Sample > I-MedSAM)")
         return LayerSet(self.viewer, image)
 
-    def _named(self, name: str, kind: type) -> Any:
-        layer = self.viewer.layers[name] if name in self.viewer.layers else None
+    def _follow_active(self, event) -> None:
+        self.follow(event.value)
+
+    def follow(self, layer: Any) -> None:
+        """A plugin layer of another image was selected or drawn on: work on that image."""
+        link = getattr(layer, "metadata", {}).get(LINK) if layer is not None else None
+        current = self.image_layer()
+        if not isinstance(link, dict) or (current is not None and image_id(current) == link.get("image")):
+            return
+        for image in self.image_combo.choices:
+            if image.metadata.get(IMAGE_ID) == link.get("image"):
+                self.image_combo.value = image
+                return
+
+    def plugin_layer(self, role: str, kind: type = object) -> Any:
+        """The current image's plugin layer in `role` (see `layers.LINK`), or None."""
+        image = self.image_layer()
+        layer = None if image is None else LayerSet(self.viewer, image).find(role)
         return layer if isinstance(layer, kind) else None
 
     def labels_layer(self) -> Labels | None:
-        return self._named(LABELS, Labels)
+        return self.plugin_layer(LABELS, Labels)
 
     def boxes_layer(self) -> Shapes | None:
-        return self._named(BOXES, Shapes)
+        return self.plugin_layer(BOXES, Shapes)
 
     def ensure_layers(self) -> tuple:
         layers = self.layer_set()
@@ -170,16 +190,17 @@ class IMedSAMWidget(QWidget):
             self.labels_layer().refresh()
         suggested = self.corrections.show(result.slice_index) if session.corrector is not None and shown else 0
         if not quiet:
-            hint = ("Suggestions: red = remove, green = add; accept or dismiss them, or " if suggested
-                    else "")
+            hint = ("Suggestions: red = remove, green = add; accept or dismiss them, or correct" if suggested
+                    else "Correct")
             self.set_status(f"{report.summary()} Mean uncertainty {result.mean_uncertainty:.3f}. "
-                            f"{hint}Correct with the label tools, then Accept slice.")
+                            f"{hint} with the label tools, then Accept slice.")
 
     # ---- actions (buttons and keys) ---------------------------------------------------------------
     def _show_uncertainty(self, visible: bool) -> None:
         """Heatmap on: masks are drawn as outlines over it, so both stay readable; off: filled masks."""
-        if UNCERTAINTY in self.viewer.layers:
-            self.viewer.layers[UNCERTAINTY].visible = visible
+        heatmap = self.plugin_layer(UNCERTAINTY)
+        if heatmap is not None:
+            heatmap.visible = visible
         labels = self.labels_layer()
         if labels is not None:
             labels.contour, labels.opacity = (2, 0.9) if visible else (0, 0.6)
@@ -207,6 +228,7 @@ class IMedSAMWidget(QWidget):
     def undo(self) -> None:
         try:
             session = self.session()
+            accepted = set(session.accepted)
             patches = session.undo()
         except InputError as exc:
             show_info(str(exc))  # "nothing to undo" is not an error
@@ -225,7 +247,11 @@ class IMedSAMWidget(QWidget):
             layers.write_maps(z, *session.slice_maps(z))
             self.corrections.show(z)
         self.labels_layer().refresh()
-        self.set_status(f"Undone: {len(patches)} result(s) of object {patches[0].key[1]}.")
+        emptied = sorted(accepted - session.accepted, key=lambda v: -1 if v is None else v)
+        note = "" if not emptied else (" The slice has no labels left: no longer accepted." if emptied == [None] else
+                                       f" No labels left on accepted slice(s) {', '.join(map(str, emptied))}: "
+                                       "no longer accepted.")
+        self.set_status(f"Undone: {len(patches)} result(s) of object {patches[0].key[1]}.{note}")
 
     def positive_clicks(self) -> None:
         self.clicks.start(positive=True)
@@ -328,6 +354,18 @@ class IMedSAMWidget(QWidget):
         if event.type() == QEvent.Type.Close:
             self.shutdown()
         return False
+
+    def detach(self) -> None:
+        """Stop handling layer and viewer events (a newer dock on the same viewer handles them)."""
+        callbacks = (self.prompter.on_data, self.clicks.on_data, self._on_paint)
+        for layer in self.viewer.layers:
+            for emitter in (layer.events.data, getattr(layer.events, "paint", None)):
+                for callback in callbacks if emitter is not None else ():
+                    emitter.disconnect(callback)
+        self.viewer.dims.events.current_step.disconnect(self.prefetch)
+        self.viewer.layers.selection.events.active.disconnect(self._follow_active)
+        self._connected.clear()
+        self.clicks.forget_connections()
 
     def shutdown(self) -> None:
         """The window closes: cancel propagation and fine-tuning, wait for workers, forget this viewer."""

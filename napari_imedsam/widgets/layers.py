@@ -3,10 +3,15 @@
 Layer order, bottom to top: the image, the uncertainty heatmap (transparent where the model is
 sure), the coarse probability (hidden by default), the labels, the boxes (each with its object
 number). So the mask stays visible with the heatmap on.
+
+Each image has its own set: a plugin layer carries its role and its image's id in its metadata
+(`LINK`), so a second image in the same viewer gets its own layers, named after it ("I-MedSAM labels
+(CT pelvis)"; the first image's keep the plain names), and renaming a layer breaks nothing.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,6 +32,26 @@ UNCERTAINTY_COLORMAP = Colormap(
     controls=[0.0, 0.1, 0.3, 0.6, 1.0], name="imedsam uncertainty",
 )
 BOX_TEXT = {"string": "{label}", "color": "yellow", "anchor": "upper_left", "size": 11}
+LINK = "imedsam"  # metadata key of a plugin layer: {"role": ..., "image": the image's id}
+IMAGE_ID = "imedsam_id"  # metadata key of an annotated image layer: its id
+
+
+def image_id(image: Image) -> str:
+    """The image layer's id for its plugin layers (kept in its metadata; made on first use)."""
+    metadata = image.metadata
+    if IMAGE_ID not in metadata:
+        metadata[IMAGE_ID] = uuid.uuid4().hex
+    return str(metadata[IMAGE_ID])
+
+
+def is_plugin_layer(layer: Layer) -> bool:
+    """A layer the plugin made (labels, boxes, maps, points, suggestions): never an image to annotate."""
+    return isinstance(layer.metadata.get(LINK), dict)
+
+
+def annotatable_images(viewer: napari.viewer.Viewer) -> list[Image]:
+    """The image layers a user can annotate: every image layer but the plugin's maps."""
+    return [layer for layer in viewer.layers if isinstance(layer, Image) and not is_plugin_layer(layer)]
 
 
 def spatial_shape(layer: Image) -> tuple[int, ...]:
@@ -96,33 +121,50 @@ class LayerSet:
         return full
 
     # ---- layers ----------------------------------------------------------------------------------
+    def link(self, role: str) -> dict:
+        """The metadata that ties a plugin layer in `role` to this image."""
+        return {LINK: {"role": role, "image": image_id(self.image)}}
+
+    def find(self, role: str) -> Layer | None:
+        """This image's plugin layer in `role` (BOXES, LABELS, ...), or None."""
+        want = self.link(role)[LINK]
+        for layer in self.viewer.layers:
+            if layer.metadata.get(LINK) == want:
+                return layer
+        return None
+
+    def name_for(self, role: str) -> str:
+        """A new layer's name: the role, or with the image's name once another image holds it."""
+        return role if role not in self.viewer.layers else f"{role} ({self.image.name})"
+
     def _placement(self) -> dict:
         n = len(self.shape)
         return {"scale": self.image.scale[-n:], "translate": self.image.translate[-n:]}
 
     def _makers(self) -> list[tuple[str, Callable[[], Layer]]]:
         """The plugin layers, in display order (bottom first), each with how to make it."""
-        shape, place = self.shape, self._placement()
+        shape, place, name, link = self.shape, self._placement(), self.name_for, self.link
         return [
             (UNCERTAINTY, lambda: Image(
-                np.zeros(shape, np.float32), name=UNCERTAINTY, colormap=UNCERTAINTY_COLORMAP,
-                blending="translucent", contrast_limits=UNCERTAINTY_LIMITS, **place)),
+                np.zeros(shape, np.float32), name=name(UNCERTAINTY), colormap=UNCERTAINTY_COLORMAP,
+                blending="translucent", contrast_limits=UNCERTAINTY_LIMITS, metadata=link(UNCERTAINTY), **place)),
             (COARSE, lambda: Image(
-                np.zeros(shape, np.float32), name=COARSE, colormap="gray", opacity=0.4, contrast_limits=(0, 1),
-                visible=False, **place)),
+                np.zeros(shape, np.float32), name=name(COARSE), colormap="gray", opacity=0.4, contrast_limits=(0, 1),
+                visible=False, metadata=link(COARSE), **place)),
             (LABELS, lambda: Labels(
-                np.zeros(shape, np.int32), name=LABELS, opacity=0.6,
-                metadata={"affine": self.image.metadata.get("affine")}, **place)),
+                np.zeros(shape, np.int32), name=name(LABELS), opacity=0.6,
+                metadata={"affine": self.image.metadata.get("affine"), **link(LABELS)}, **place)),
             (BOXES, lambda: Shapes(
-                ndim=len(shape), name=BOXES, edge_color="lime", face_color="transparent", edge_width=2,
-                features={"label": np.zeros(0, int)}, feature_defaults={"label": 0}, text=BOX_TEXT, **place)),
+                ndim=len(shape), name=name(BOXES), edge_color="lime", face_color="transparent", edge_width=2,
+                features={"label": np.zeros(0, int)}, feature_defaults={"label": 0}, text=BOX_TEXT,
+                metadata=link(BOXES), **place)),
         ]
 
     def add_missing(self, limit: int | None = None) -> int:
         """Add up to `limit` (default: all) missing plugin layers in display order; returns how many
         are still missing."""
         self.check_dimensions()
-        missing = [make for name, make in self._makers() if name not in self.viewer.layers]
+        missing = [make for role, make in self._makers() if self.find(role) is None]
         added = missing[:limit]
         for make in added:
             self.viewer.add_layer(make())
@@ -132,7 +174,7 @@ class LayerSet:
         """Create the plugin layers if missing (in display order); returns (boxes, labels, coarse, uncertainty)."""
         self.add_missing()
         shape = self.shape
-        uncertainty, coarse, labels, boxes = (self.viewer.layers[name] for name in (UNCERTAINTY, COARSE, LABELS, BOXES))
+        uncertainty, coarse, labels, boxes = (self.find(role) for role in (UNCERTAINTY, COARSE, LABELS, BOXES))
         for layer, want in ((uncertainty, shape), (coarse, shape), (labels, shape)):
             if layer.data.shape != want:
                 raise InputError(f"layer '{layer.name}' has shape {layer.data.shape} but the image "
@@ -142,8 +184,8 @@ class LayerSet:
     def write_maps(self, slice_index: int | None, coarse: np.ndarray, uncertainty: np.ndarray,
                    refresh: bool = True) -> None:
         """Write a slice's coarse probability and uncertainty; `refresh`: redraw them (the slice is shown)."""
-        for name, values in ((COARSE, coarse), (UNCERTAINTY, uncertainty)):
-            layer = self.viewer.layers[name]
+        for role, values in ((COARSE, coarse), (UNCERTAINTY, uncertainty)):
+            layer = self.find(role)
             target = layer.data if self.axis is None else np.moveaxis(layer.data, self.axis, 0)[slice_index]
             target[...] = values
             if refresh:

@@ -25,17 +25,21 @@ def load_selected(self: IMedSAMWidget) -> None:
     source = {UNTRAINED_TINY: "tiny", CHECKPOINT: str(self.checkpoint.value)}.get(choice, choice)
     adapters = str(self.adapters.value) if self.adapters.value else None
     corrector = str(self.corrector_file.value) if self.corrector_file.value else None
+    choices = {"model_combo": choice, "checkpoint": self.checkpoint.value, "device_combo": self.device_combo.value,
+               "adapters": self.adapters.value, "corrector_file": self.corrector_file.value}
     self.set_status(f"Loading {source}…")
     # No napari progress bar for this job: its first appearance makes Qt load a library, which waits
     # for the loader lock that the worker's `preload_torch_libraries` holds (a 400 ms freeze, measured).
     self.workers.run("load", load_in_worker, source, self.device_combo.value, adapters, corrector,
-                     on_result=lambda loaded: use(self, *loaded, stepwise=True))
+                     on_result=lambda loaded: use(self, *loaded, stepwise=True, choices=choices))
 
 
-def use(self: IMedSAMWidget, loaded, corrector=None, stepwise: bool = False) -> None:
+def use(self: IMedSAMWidget, loaded, corrector=None, stepwise: bool = False, choices: dict | None = None) -> None:
     """Make a loaded model (and corrector) the dock's model: versions reset, layers ready, slices
-    embedding. `stepwise`: add the plugin layers one per turn of the event loop (the Load button)."""
+    embedding. `stepwise`: add the plugin layers one per turn of the event loop (the Load button);
+    `choices`: the dock fields it was loaded from (a reopened dock shows them again)."""
     self.state.corrector = corrector
+    self.state.choices = dict(choices or {})
     serve(self, loaded, keep_cache=False)
     self.state.versions = {"base": loaded}
     self.version_combo.choices = ["base"]
@@ -97,6 +101,21 @@ def image_changed(self: IMedSAMWidget) -> None:
         self.error(str(exc))
         return
     self.prefetch()
+
+
+def reattach(self: IMedSAMWidget) -> None:
+    """A dock opened again on a viewer with a model: show the fields that model came from, take the
+    layer events over from the previous dock, and get the current image ready (its layers connected)."""
+    from qtpy.QtCore import QTimer
+
+    for name, value in self.state.choices.items():
+        try:
+            getattr(self, name).value = value
+        except (ValueError, TypeError):  # a choice no longer offered: leave the field as it is
+            pass
+    self.mirror.value = bool(getattr(self.state.predictor, "mirror", False))
+    self.version_combo.choices = list(self.state.versions)
+    QTimer.singleShot(0, lambda: image_changed(self) if not self.workers.closed else None)
 
 
 def load_in_worker(source: str, device: str, adapters: str | None, corrector: str | None):

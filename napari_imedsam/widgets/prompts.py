@@ -42,6 +42,7 @@ class BoxPrompter:
         action = str(getattr(event, "action", ""))
         if self.syncing or action not in ("added", "changed") or not getattr(event, "data_indices", None):
             return  # 'adding'/'changing' fire while the mouse is still down
+        self.dock.follow(getattr(event, "source", None))  # boxes drawn on another image's layer: that image
         boxes = self.dock.boxes_layer()
         if boxes is None:
             return

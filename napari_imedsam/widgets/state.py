@@ -29,6 +29,8 @@ class ViewerState:
     accepted: dict[tuple, set] = field(default_factory=dict)  # (labels layer id, axis) -> accepted slices
     exported: dict[tuple, set] = field(default_factory=dict)
     docks: int = 0  # dock widgets attached to this viewer
+    dock: Any = None  # the dock that handles this viewer's layer events (the newest one)
+    choices: dict[str, Any] = field(default_factory=dict)  # the dock fields the loaded model came from
 
 
 _STATES: dict[int, ViewerState] = {}

@@ -16,6 +16,8 @@ class VolumeActions:
     def __init__(self, dock: IMedSAMWidget) -> None:
         self.dock = dock
         self.stop_reasons: list[str] = []
+        self.suggested: int | None = None  # the slice the review queue last went to
+        self.passed: set[int | None] = set()  # slices the user moved on from without accepting them
 
     def propagate(self) -> None:
         """Carry the selected object from the displayed slice through the volume, both directions."""
@@ -79,15 +81,25 @@ class VolumeActions:
             dock.error(str(exc))
             return
         current = dock.layer_set().current_slice()
+        if current == self.suggested and current is not None:  # pressed again on it: the user moves on
+            self.passed.add(current)
 
         def done(scores) -> None:
             if not scores:
                 show_info("Nothing to review: every labelled slice is accepted.")
                 return
-            z = max(scores, key=lambda s: (scores[s].total, -abs((s or 0) - (current or 0))))
+            left = {z: score for z, score in scores.items() if z not in self.passed}
+            if not left:  # every candidate was passed once: start over from the most likely
+                self.passed = {current} if len(scores) > 1 else set()
+                left = {z: score for z, score in scores.items() if z not in self.passed}
+            z = max(left, key=lambda s: (left[s].total, -abs((s or 0) - (current or 0))))
+            self.suggested = z
             dock.layer_set().go_to_slice(z)
             why = "; ".join(scores[z].reasons[:3]) or "lowest confidence"
             where = "This image" if z is None else f"Slice {z}"
-            dock.set_status(f"{where} is the most likely to be wrong ({why}). Review, correct, accept.")
+            rank = sorted(scores, key=lambda s: -scores[s].total).index(z) + 1
+            more = f" Press again for the next ({rank} of {len(scores)} unaccepted)." if len(scores) > 1 else ""
+            dock.set_status(f"{where} is the most likely to be wrong ({why}). Review, correct, accept.{more}"
+                            if rank == 1 else f"{where}: number {rank} of {len(scores)} to review ({why}).{more}")
 
         dock.workers.run("review", review_scores, session, on_result=done)

@@ -152,13 +152,21 @@ def test_closing_and_reopening_the_dock_keeps_the_model_and_the_work(docked):
     image, boxes, labels, truth, names = thorax(viewer, dock)
     draw(viewer, dock, image, truth == names["aorta_000"])
     model = dock.state.model
+    dock.state.choices = {"corrector_file": "/data/corrector.safetensors"}  # as the Load button records it
     viewer.window.remove_dock_widget(dock)
     _, again = viewer.window.add_plugin_dock_widget("napari-imedsam", "I-MedSAM annotator")
     assert again is not dock and again.state.model is model
-    again.reset_choices()
-    again.image_combo.value = image
-    again.undo()  # the same session: the first box's result can be undone
-    assert not (labels.data == 1).any()
+    assert str(again.corrector_file.value) == "/data/corrector.safetensors"  # shows what is loaded
+    # the next box, drawn straight away, is handled and reported by the reopened dock (the old one is deaf)
+    select(viewer, boxes)
+    boxes.mode = "add_rectangle"
+    dock.wait_until_idle()
+    label = draw(viewer, again, image, truth == names["heart_ventricle_left_000"])
+    assert label == 2 and f"Object 2: {int((labels.data == 2).sum())} px written" in again.status_text()
+    assert "Object 2" not in dock.status_text()
+    again.undo()  # the same session: undo takes back the new box, then the first box's result
+    again.undo()
+    assert not labels.data.any()
 
 
 def test_load_button_adds_the_layers_one_turn_at_a_time_then_says_ready(make_napari_viewer, monkeypatch):

@@ -63,6 +63,9 @@ def test_propagate_review_accept_fine_tune_and_back_to_base(docked, tmp_path, mo
     dock.next_button.clicked()
     dock.wait_until_idle()
     assert dock.current_slice() == 12, dock.status_text()
+    dock.next_button.clicked()  # pressed again without accepting: the next candidate, not the same slice
+    dock.wait_until_idle()
+    assert dock.current_slice() != 12 and "number 2 of" in dock.status_text(), dock.status_text()
 
     # accept some slices, fine-tune with one click
     workdir = tmp_path / "work"
