@@ -106,6 +106,29 @@ def test_accept_needs_labels(phantom_session):
     assert session.accepted == {None}
 
 
+def test_a_new_result_for_an_object_reports_the_pixels_it_changed():
+    """A click that agrees with the mask changes nothing, and the status says so instead of only
+    repeating the object's size."""
+    session = AnnotationSession(None, np.zeros((20, 20), np.float32), np.zeros((20, 20), np.int32))
+    square = np.zeros((20, 20), np.float32)
+    square[5:15, 5:15] = 0.9
+    first = session.apply(fake_result(1, square))
+    assert first.changed is None and "changed" not in first.summary()
+    again = session.apply(fake_result(1, square))
+    assert again.changed == 0 and "(no pixel changed)" in again.summary()
+    square[5:7, 5:15] = 0.1  # two rows fewer
+    assert "(20 px changed)" in session.apply(fake_result(1, square)).summary()
+
+
+def test_a_tight_box_around_a_uniform_object_has_contrast():
+    from napari_imedsam.inference.windows import box_has_contrast
+
+    image = np.zeros((40, 40), np.float32)
+    image[10:30, 10:30] = 5.0  # a uniform object: its tight box holds one value, its surroundings another
+    assert box_has_contrast(image, np.array([10.0, 10.0, 29.0, 29.0]))
+    assert not box_has_contrast(np.full((40, 40), 5.0, np.float32), np.array([10.0, 10.0, 29.0, 29.0]))
+
+
 def test_a_slice_left_without_labels_is_no_longer_accepted():
     """Undo (or the eraser) that empties an accepted slice takes it out of export and fine-tuning,
     instead of blocking them with "an accepted slice without labels"."""

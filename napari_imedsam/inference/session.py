@@ -81,10 +81,13 @@ class WriteReport:
     protected: int = 0  # predicted pixels the user painted or erased: left as they are
     kept_by: dict[int, int] = field(default_factory=dict)  # label -> predicted pixels it kept (more confident)
     taken_from: dict[int, int] = field(default_factory=dict)  # label -> pixels taken over (less confident)
+    changed: int | None = None  # a new result for an object that had one (a moved box, a click): pixels changed
 
     def summary(self) -> str:
         where = "" if self.slice_index is None else f" on slice {self.slice_index}"
         parts = [f"Object {self.label}{where}: {self.written} px written"]
+        if self.changed is not None:
+            parts[0] += f" ({self.changed} px changed)" if self.changed else " (no pixel changed)"
         if self.protected:
             parts.append(f"{self.protected} px left as you painted them")
         parts += [f"{n} px kept by object {other} (more confident there)" for other, n in sorted(self.kept_by.items())]
@@ -248,7 +251,8 @@ class AnnotationSession:
         if self._group is None:
             self._groups += 1
         group = self._group if self._group is not None else self._groups
-        self.undo_stack.append(LabelPatch(z, region, labels[region].copy(), key, self.results.get(key), group))
+        patch = LabelPatch(z, region, labels[region].copy(), key, self.results.get(key), group)
+        self.undo_stack.append(patch)
         self.results[key] = result
 
         view, free = labels[region], ~edited[region]
@@ -285,6 +289,8 @@ class AnnotationSession:
         target &= (view == 0) | (view == label) | np.isin(view, list(report.taken_from))
         view[target] = label
         report.written = int(((view == label) & free).sum())
+        if patch.previous_result is not None:
+            report.changed = int((view != patch.before).sum())
         return report
 
     def segment(self, slice_index: int | None, box_xyxy, label: int) -> WriteReport:

@@ -141,10 +141,13 @@ def normalize_intensity(image: np.ndarray, window: IntensityWindow | None = None
 
 
 def box_has_contrast(image: np.ndarray, box_xyxy: np.ndarray, window: IntensityWindow | None = None) -> bool:
-    """Whether the pixels in the box differ at all (after a CT window): a constant or all-NaN region
-    gives the encoder nothing to see, and whatever mask comes out is meaningless."""
-    x0, y0, x1, y1 = box_xyxy
-    region = np.asarray(image)[int(np.floor(y0)):int(np.ceil(y1)) + 1, int(np.floor(x0)):int(np.ceil(x1)) + 1]
+    """Whether the pixels the decoder sees around the box (the box plus its margin) differ at all (after
+    a CT window): a constant or all-NaN region gives the encoder nothing to see, and whatever mask
+    comes out is meaningless. (A tight box around a uniform object has contrast: its edge.)"""
+    from .boxes import region_around_box
+
+    r0, r1, c0, c1 = region_around_box(np.asarray(box_xyxy, dtype=np.float64), np.shape(image)[:2])
+    region = np.asarray(image)[r0:r1, c0:c1]
     values = region[np.isfinite(region)].astype(np.float64) if region.dtype.kind == "f" else region.astype(np.float64)
     if values.size == 0:
         return False

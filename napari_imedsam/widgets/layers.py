@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import napari
 import numpy as np
 from napari.layers import Image, Labels, Layer, Shapes
-from napari.utils.colormaps import Colormap
+from napari.utils.colormaps import Colormap, CyclicLabelColormap
 
 from ..errors import InputError
 from ..inference.boxes import box_from_corners_rc, box_to_corners_rc
@@ -32,6 +32,12 @@ UNCERTAINTY_COLORMAP = Colormap(
     controls=[0.0, 0.1, 0.3, 0.6, 1.0], name="imedsam uncertainty",
 )
 BOX_TEXT = {"string": "{label}", "color": "yellow", "anchor": "upper_left", "size": 11}
+# Object colours: bright, and none in the heatmap's red-orange-yellow or the suggestions' red and lime
+# (napari's default palette gives object 1 a dark brown that vanishes on the heatmap). Cycled.
+OBJECT_COLORS = CyclicLabelColormap(colors=np.array([
+    [0, 0, 0, 0], [0.0, 1.0, 1.0, 1], [1.0, 0.0, 1.0, 1], [0.12, 0.56, 1.0, 1], [1.0, 1.0, 1.0, 1],
+    [0.6, 0.4, 1.0, 1], [0.5, 1.0, 0.83, 1], [1.0, 0.41, 0.71, 1], [0.53, 0.81, 0.98, 1], [0.25, 0.88, 0.82, 1],
+]), name="imedsam objects")
 LINK = "imedsam"  # metadata key of a plugin layer: {"role": ..., "image": the image's id}
 IMAGE_ID = "imedsam_id"  # metadata key of an annotated image layer: its id
 
@@ -152,7 +158,7 @@ class LayerSet:
                 np.zeros(shape, np.float32), name=name(COARSE), colormap="gray", opacity=0.4, contrast_limits=(0, 1),
                 visible=False, metadata=link(COARSE), **place)),
             (LABELS, lambda: Labels(
-                np.zeros(shape, np.int32), name=name(LABELS), opacity=0.6,
+                np.zeros(shape, np.int32), name=name(LABELS), opacity=0.6, colormap=OBJECT_COLORS,
                 metadata={"affine": self.image.metadata.get("affine"), **link(LABELS)}, **place)),
             (BOXES, lambda: Shapes(
                 ndim=len(shape), name=name(BOXES), edge_color="lime", face_color="transparent", edge_width=2,
