@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import napari
+import numpy as np
 from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QEvent
@@ -60,7 +61,7 @@ class IMedSAMWidget(QWidget):
         controls.build(self)
         self.model_combo.changed.connect(lambda v: setattr(self.checkpoint, "visible", v == CHECKPOINT))
         self.load_button.clicked.connect(self.load_selected_model)
-        self.image_combo.changed.connect(lambda _: models.image_changed(self))
+        self.image_combo.changed.connect(self._image_switched)
         self.window_combo.changed.connect(self.prefetch)
         self.show_uncertainty.changed.connect(self._show_uncertainty)
         self.mirror.changed.connect(self._mirror_changed)
@@ -100,6 +101,23 @@ class IMedSAMWidget(QWidget):
         if image is None:
             raise InputError("no image layer: open an image first (File > Open Sample > I-MedSAM)")
         return LayerSet(self.viewer, image)
+
+    def _image_switched(self, image: Any) -> None:
+        """The dock's image changed: show it and its I-MedSAM layers, hide the other annotated images
+        (those with I-MedSAM layers; other images stay as they are), fit the view when its extent
+        differs, then get the image ready."""
+        previous, self._shown = getattr(self, "_shown", None), image
+        others = [other for other in self.image_combo.choices
+                  if image is not None and identity(other) != identity(image) and IMAGE_ID in other.metadata]
+        if others and self.state.model is not None and (previous is None or identity(previous) != identity(image)):
+            LayerSet(self.viewer, image).show(self.show_uncertainty.value)
+            for other in others:
+                LayerSet(self.viewer, other).hide()
+            if previous is not None and not np.allclose(previous.extent.world, image.extent.world):
+                self.viewer.reset_view()
+            self.set_status(f"Annotating '{image.name}'. Draw a box on it; its work is kept apart from the other "
+                            "images'.")
+        models.image_changed(self)
 
     def _follow_active(self, event) -> None:
         self.follow(event.value)

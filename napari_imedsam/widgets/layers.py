@@ -139,6 +139,27 @@ class LayerSet:
                 return layer
         return None
 
+    def linked(self) -> list[Layer]:
+        """Every plugin layer of this image."""
+        want = image_id(self.image)
+        return [layer for layer in self.viewer.layers
+                if isinstance(layer.metadata.get(LINK), dict) and layer.metadata[LINK].get("image") == want]
+
+    def show(self, heatmap: bool) -> None:
+        """The image and its layers visible (the heatmap as the dock's checkbox says; the coarse map stays
+        as it is: hidden unless the user showed it)."""
+        self.image.visible = True
+        for layer in self.linked():
+            role = layer.metadata[LINK]["role"]
+            if role != COARSE:
+                layer.visible = heatmap if role == UNCERTAINTY else True
+
+    def hide(self) -> None:
+        """The image and its layers hidden (another image is being annotated)."""
+        self.image.visible = False
+        for layer in self.linked():
+            layer.visible = False
+
     def name_for(self, role: str) -> str:
         """A new layer's name: the role, or with the image's name once another image holds it."""
         return role if role not in self.viewer.layers else f"{role} ({self.image.name})"

@@ -18,6 +18,7 @@ class VolumeActions:
         self.stop_reasons: list[str] = []
         self.suggested: int | None = None  # the slice the review queue last went to
         self.passed: set[int | None] = set()  # slices the user moved on from without accepting them
+        self._reviewing: int | None = None  # id of the session those two belong to
 
     def propagate(self) -> None:
         """Carry the selected object from the displayed slice through the volume, both directions."""
@@ -81,6 +82,8 @@ class VolumeActions:
             dock.error(str(exc))
             return
         current = dock.layer_set().current_slice()
+        if self._reviewing != id(session):  # another image: its own queue
+            self._reviewing, self.suggested, self.passed = id(session), None, set()
         if current == self.suggested and current is not None:  # pressed again on it: the user moves on
             self.passed.add(current)
 
@@ -98,8 +101,9 @@ class VolumeActions:
             why = "; ".join(scores[z].reasons[:3]) or "lowest confidence"
             where = "This image" if z is None else f"Slice {z}"
             rank = sorted(scores, key=lambda s: -scores[s].total).index(z) + 1
-            more = f" Press again for the next ({rank} of {len(scores)} unaccepted)." if len(scores) > 1 else ""
-            dock.set_status(f"{where} is the most likely to be wrong ({why}). Review, correct, accept.{more}"
-                            if rank == 1 else f"{where}: number {rank} of {len(scores)} to review ({why}).{more}")
+            more = " Next uncertain slice again goes on to the next one." if len(scores) > 1 else ""
+            dock.set_status(f"{where} is the most likely to be wrong of {len(scores)} unaccepted ({why}). Review, "
+                            f"correct, accept.{more}" if rank == 1 else
+                            f"{where}: number {rank} of {len(scores)} to review ({why}).{more}")
 
         dock.workers.run("review", review_scores, session, on_result=done)

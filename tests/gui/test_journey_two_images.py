@@ -40,12 +40,13 @@ def test_a_second_image_gets_its_own_layers_and_the_first_keeps_its_work(docked)
     first = labels1.data.copy()
 
     viewer.open_sample("napari-imedsam", "ct_pelvis")
-    viewer.layers["CT thorax"].visible = False
     dock.reset_choices()
     assert "I-MedSAM uncertainty" not in [layer.name for layer in dock.image_combo.choices]  # the maps are no images
     dock.image_combo.value = viewer.layers["CT pelvis"]  # the user picks the second image in the dock
     dock.wait_until_idle()
     assert not errors, errors
+    assert "Annotating 'CT pelvis'" in dock.status_text()
+    assert not viewer.layers["CT thorax"].visible and not labels1.visible and not boxes1.visible  # set aside
     boxes2, labels2 = viewer.layers[f"{BOXES} (CT pelvis)"], viewer.layers[f"{LABELS} (CT pelvis)"]
     assert labels2.data.shape == viewer.layers["CT pelvis"].data.shape and not labels2.data.any()
     names = list(viewer.layers["CT pelvis expert masks"].metadata["structures"].values())
@@ -56,11 +57,11 @@ def test_a_second_image_gets_its_own_layers_and_the_first_keeps_its_work(docked)
     assert dice(labels2.data == 1, target) > 0.5  # its own object 1
     assert np.array_equal(labels1.data, first)  # the first image's work is untouched
 
-    # back to the first image by drawing on its boxes layer: the dock follows, object 2 lands there
-    viewer.layers["CT thorax"].visible, pelvis.visible = True, False
+    # back to the first image by drawing on its boxes layer: the dock follows (and shows it), object 2 lands there
     ventricle = structure(viewer, "CT thorax", "heart_ventricle_left_000")
     drag_around(viewer, dock, thorax, boxes1, ventricle)
     assert not errors, errors
     assert dock.image_layer().name == "CT thorax"
+    assert viewer.layers["CT thorax"].visible and labels1.visible and not pelvis.visible and not labels2.visible
     assert dice(labels1.data == 2, ventricle) > 0.5 and np.array_equal(labels1.data == 1, first == 1)
     assert set(np.unique(labels2.data)) == {0, 1}
