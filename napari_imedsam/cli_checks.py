@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import InputError
+from .errors import InputError, os_error_text
 from .io.images import check_output_path
 
 VALUE_OPTIONS = ("--box", "--window", "--size")  # values that may start with a minus sign
@@ -103,7 +103,7 @@ def show_warning(message, category, filename, lineno, file=None, line=None) -> N
 def error_message(exc: BaseException) -> str:
     """One line for a user error: OSErrors as `file: reason`, anything else its first line."""
     if isinstance(exc, OSError) and exc.strerror:
-        text = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+        text = os_error_text(exc)
     else:
         text = str(exc)
     lines = [line.strip() for line in text.splitlines() if line.strip()]

@@ -173,3 +173,19 @@ def test_predict_on_the_phantom_volume_sample_picks_the_largest_slice(tmp_path, 
     assert "does not appear on slice 0" in capsys.readouterr().err
     assert main(["predict", "--model", model_file, "--image", "sample:phantom_4d", "--out", str(out)]) == 2
     assert "known: ct_abdomen, ct_thorax, ct_pelvis, phantom_3d" in capsys.readouterr().err
+
+
+def test_os_errors_read_as_plain_words_with_the_fix(tmp_path):
+    import errno
+    import os
+
+    from napari_imedsam.errors import os_error_text
+    from napari_imedsam.widgets.workers import error_message
+
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "work" / "exports" / "case.nii.gz"))
+    text = error_message(full)  # the dock's words for a failed export or fine-tune
+    assert text.startswith(f"the disk holding {full.filename} is full (No space left on device, ")
+    assert "MB free" in text or "KB free" in text
+    assert "choose a folder on another disk" in text
+    assert os_error_text(OSError(errno.EROFS, os.strerror(errno.EROFS), "/mnt/ro/work")) == \
+        "/mnt/ro/work is on a read-only file system: choose a folder you can write to"

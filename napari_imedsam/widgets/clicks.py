@@ -25,13 +25,11 @@ class ClickActions:
         self.dock = dock
         self.positive = True
         self._next_id = 1
-        self._connected: set[int] = set()
 
     def layer(self) -> Points | None:
         return self.dock.plugin_layer(POINTS)
 
     def _ensure(self) -> Points:
-        from .state import identity
 
         layer = self.layer()
         if layer is None:
@@ -44,9 +42,7 @@ class ClickActions:
                            scale=layers.image.scale[-n:], translate=layers.image.translate[-n:])
             self.dock.viewer.add_layer(layer)
             layer = self.layer()
-        if identity(layer) not in self._connected:
-            self._connected.add(identity(layer))
-            layer.events.data.connect(self.on_data)
+        self.dock.connect_layer(layer)
         return layer
 
     def start(self, positive: bool) -> None:
@@ -109,10 +105,6 @@ class ClickActions:
                 rows.append((x, y, 1.0 if positive else 0.0))
                 ids.append(int(click))
         return (np.asarray(rows) if rows else None), tuple(ids)
-
-    def forget_connections(self) -> None:
-        """A newer dock handles the points layer's events now: this one stops tracking what it connected."""
-        self._connected.clear()
 
     def forget(self, click_ids: set[int]) -> None:
         """Remove clicks (their result was undone)."""

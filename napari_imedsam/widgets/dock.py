@@ -18,7 +18,7 @@ from .._lazy_imports import guard_triton
 from ..errors import InputError
 from ..inference.windows import CT_PRESETS, MR_PERCENTILES, IntensityWindow
 from . import actions, controls, models, state
-from .clicks import ClickActions
+from .clicks import POINTS, ClickActions
 from .controls import AS_DISPLAYED, CHECKPOINT
 from .corrections import CorrectionActions
 from .finetune import FineTuner
@@ -113,8 +113,10 @@ class IMedSAMWidget(QWidget):
             LayerSet(self.viewer, image).show(self.show_uncertainty.value)
             for other in others:
                 LayerSet(self.viewer, other).hide()
-            if previous is not None and not np.allclose(previous.extent.world, image.extent.world):
-                self.viewer.reset_view()
+            if previous is not None:  # fit the view when the extent differs (2D <-> 3D included)
+                before, now = np.asarray(previous.extent.world), np.asarray(image.extent.world)
+                if before.shape != now.shape or not np.allclose(before, now):
+                    self.viewer.reset_view()
             self.set_status(f"Annotating '{image.name}'. Draw a box on it; its work is kept apart from the other "
                             "images'.")
         models.image_changed(self)
@@ -148,16 +150,23 @@ class IMedSAMWidget(QWidget):
     def ensure_layers(self) -> tuple:
         layers = self.layer_set()
         boxes, labels, coarse, uncertainty = layers.ensure()
-        if identity(boxes) not in self._connected:
-            self._connected.add(identity(boxes))
-            boxes.events.data.connect(self.prompter.on_data)
-            if len(boxes.data) == 0:
-                boxes.mode = "add_rectangle"  # ready to draw
-        if identity(labels) not in self._connected:
-            self._connected.add(identity(labels))
-            labels.events.paint.connect(self._on_paint)
+        if self.connect_layer(boxes) and len(boxes.data) == 0:
+            boxes.mode = "add_rectangle"  # ready to draw
+        if self.connect_layer(labels):
             self._show_uncertainty(self.show_uncertainty.value)
+        self.state.image_key = image_id(self.layer_set().image)  # a reopened dock comes back to this image
         return boxes, labels, coarse, uncertainty
+
+    def connect_layer(self, layer: Any) -> bool:
+        """Handle a plugin layer's edits in this dock (boxes -> predictions, paint -> user edits, points ->
+        clicks); returns whether it was newly connected."""
+        role = (layer.metadata.get(LINK) or {}).get("role")
+        handler = {BOXES: self.prompter.on_data, LABELS: self._on_paint, POINTS: self.clicks.on_data}.get(role)
+        if handler is None or identity(layer) in self._connected:
+            return False
+        self._connected.add(identity(layer))
+        (layer.events.paint if role == LABELS else layer.events.data).connect(handler)
+        return True
 
     def window(self) -> IntensityWindow | None:
         choice = self.window_combo.value
@@ -180,7 +189,7 @@ class IMedSAMWidget(QWidget):
 
     def _on_paint(self, event) -> None:
         """Remember what the user painted or erased: model results never overwrite it."""
-        labels = self.labels_layer()
+        labels = event.source if isinstance(getattr(event, "source", None), Labels) else self.labels_layer()
         edited = self.state.edited.get(identity(labels))
         if edited is None or edited.shape != labels.data.shape:
             import numpy as np
@@ -212,6 +221,8 @@ class IMedSAMWidget(QWidget):
                     else "Correct")
             self.set_status(f"{report.summary()} Mean uncertainty {result.mean_uncertainty:.3f}. "
                             f"{hint} with the label tools, then Accept slice.")
+            if not self.isVisible():  # the dock is closed: say it where the user looks
+                show_info(f"I-MedSAM: {report.summary()}")
 
     # ---- actions (buttons and keys) ---------------------------------------------------------------
     def _show_uncertainty(self, visible: bool) -> None:
@@ -383,7 +394,6 @@ class IMedSAMWidget(QWidget):
         self.viewer.dims.events.current_step.disconnect(self.prefetch)
         self.viewer.layers.selection.events.active.disconnect(self._follow_active)
         self._connected.clear()
-        self.clicks.forget_connections()
 
     def shutdown(self) -> None:
         """The window closes: cancel propagation and fine-tuning, wait for workers, forget this viewer."""

@@ -115,7 +115,23 @@ def reattach(self: IMedSAMWidget) -> None:
             pass
     self.mirror.value = bool(getattr(self.state.predictor, "mirror", False))
     self.version_combo.choices = list(self.state.versions)
-    QTimer.singleShot(0, lambda: image_changed(self) if not self.workers.closed else None)
+    QTimer.singleShot(0, lambda: resume(self) if not self.workers.closed else None)
+
+
+def resume(self: IMedSAMWidget) -> None:
+    """The reopened dock: back on the image worked on last, every image's I-MedSAM layers handled here."""
+    from .layers import IMAGE_ID, LINK
+
+    self.reset_choices()
+    for image in self.image_combo.choices:
+        if image.metadata.get(IMAGE_ID) is not None and image.metadata.get(IMAGE_ID) == self.state.image_key:
+            self._shown = image  # coming back to it is no switch: visibility and view stay as they are
+            self.image_combo.value = image
+            break
+    for layer in self.viewer.layers:
+        if isinstance(layer.metadata.get(LINK), dict):
+            self.connect_layer(layer)
+    image_changed(self)
 
 
 def load_in_worker(source: str, device: str, adapters: str | None, corrector: str | None):

@@ -31,6 +31,7 @@ class ViewerState:
     docks: int = 0  # dock widgets attached to this viewer
     dock: Any = None  # the dock that handles this viewer's layer events (the newest one)
     choices: dict[str, Any] = field(default_factory=dict)  # the dock fields the loaded model came from
+    image_key: str | None = None  # the image the dock last worked on (`layers.image_id`)
 
 
 _STATES: dict[int, ViewerState] = {}

@@ -16,7 +16,7 @@ from typing import Any
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QObject, QThreadPool, Signal
 
-from ..errors import CheckpointError, InputError
+from ..errors import CheckpointError, InputError, os_error_text
 
 log = logging.getLogger(__name__)
 USER_ERRORS = (InputError, CheckpointError, ValueError, OSError, MemoryError)
@@ -24,6 +24,8 @@ USER_ERRORS = (InputError, CheckpointError, ValueError, OSError, MemoryError)
 
 def error_message(exc: BaseException) -> str:
     """One line for a worker's failure: the message of errors a user can fix, else the type too."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return os_error_text(exc)
     if isinstance(exc, USER_ERRORS):
         return str(exc) or type(exc).__name__
     log.error("napari-imedsam worker failed:\n%s", "".join(traceback.format_exception(exc)))

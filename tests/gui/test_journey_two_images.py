@@ -65,3 +65,47 @@ def test_a_second_image_gets_its_own_layers_and_the_first_keeps_its_work(docked)
     assert viewer.layers["CT thorax"].visible and labels1.visible and not pelvis.visible and not labels2.visible
     assert dice(labels1.data == 2, ventricle) > 0.5 and np.array_equal(labels1.data == 1, first == 1)
     assert set(np.unique(labels2.data)) == {0, 1}
+
+    # a 3D volume next to the 2D slices: picked in the list, it gets 3D layers of its own
+    viewer.open_sample("napari-imedsam", "phantom_3d")
+    dock.reset_choices()
+    dock.image_combo.value = viewer.layers["phantom CT (HU)"]
+    dock.wait_until_idle()
+    assert not errors, errors
+    assert viewer.layers[f"{LABELS} (phantom CT (HU))"].data.shape == viewer.layers["phantom CT (HU)"].data.shape
+    dock.image_combo.value = thorax  # and back to a 2D slice
+    assert not errors and "Annotating 'CT thorax'" in dock.status_text()
+
+
+def test_a_reopened_dock_comes_back_to_the_image_and_handles_every_images_boxes(docked):
+    """Work on the second image, switch the dock to the first, close the dock, reopen it, and draw on the
+    second image's boxes layer (still the selected layer: no selection event): the box is segmented and
+    reported by the reopened dock, which comes back on the image worked on last."""
+    viewer, dock = docked
+    viewer.open_sample("napari-imedsam", "ct_thorax")
+    thorax, _, _ = open_image(viewer, dock, None, "CT thorax")
+    viewer.open_sample("napari-imedsam", "ct_pelvis")
+    dock.reset_choices()
+    dock.image_combo.value = viewer.layers["CT pelvis"]
+    pelvis = viewer.layers["CT pelvis"]
+    boxes2, labels2 = viewer.layers[f"{BOXES} (CT pelvis)"], viewer.layers[f"{LABELS} (CT pelvis)"]
+    names = list(viewer.layers["CT pelvis expert masks"].metadata["structures"].values())
+    masks = sorted((structure(viewer, "CT pelvis", n) for n in names), key=np.count_nonzero)[::-1]
+    drag_around(viewer, dock, pelvis, boxes2, masks[0])
+    dock.image_combo.value = thorax  # the user looks at the other image in the dock, then closes it
+    viewer.window.remove_dock_widget(dock)
+    _, again = viewer.window.add_plugin_dock_widget("napari-imedsam", "I-MedSAM annotator")
+    dock.wait_until_idle()
+    for _ in range(3):
+        from qtpy.QtWidgets import QApplication
+        QApplication.processEvents()
+    assert again.image_layer().name == "CT thorax"  # where the dock was
+    assert viewer.layers.selection.active is boxes2
+    for layer in (pelvis, labels2, boxes2):  # the user shows the pelvis again (eye icons), draws on its boxes
+        layer.visible = True
+    viewer.layers["CT thorax"].visible = False
+    x0, y0, x1, y1 = box_of_mask(masks[1])
+    drag_box(viewer, pelvis, (y0, x0), (y1, x1))
+    again.wait_until_idle()
+    assert "Object 2" in again.status_text() and (labels2.data == 2).any(), again.status_text()
+    assert again.image_layer().name == "CT pelvis"  # the dock followed the boxes layer drawn on
