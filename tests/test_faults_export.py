@@ -120,3 +120,17 @@ def test_training_data_skips_and_reports_lines_that_are_not_prompts(small_export
     assert len(samples) == 3
     if not any("2 broken line(s)" in str(w.message) for w in caught):
         raise Silent("lines without a case, label and box were dropped without a word")
+
+
+def test_prompt_lines_of_a_case_without_labels_are_skipped_with_a_word(small_export):
+    """A writer killed after its prompt lines but before its label file: the case is set aside; the
+    training data names the orphan lines instead of dropping them silently."""
+    from src_train.data import load_dataset
+
+    (small_export / "labelsTr" / "imedsam_00002.nii.gz").unlink()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        samples = load_dataset(small_export)
+    assert len(samples) == 2
+    if not any("1 prompt line(s) of 1 case(s) with no label file (imedsam_00002)" in str(w.message) for w in caught):
+        raise Silent("prompt lines of a case without labels were dropped without a word")

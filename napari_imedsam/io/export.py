@@ -252,7 +252,7 @@ def read_prompts(folder: str | os.PathLike) -> list[dict]:
     path = folder / "prompts.jsonl"
     if not path.exists():
         return []
-    rows, broken = [], []
+    rows, broken, orphans = [], [], []
     for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
         if not line.strip():
             continue
@@ -265,6 +265,14 @@ def read_prompts(folder: str | os.PathLike) -> list[dict]:
             continue
         if (folder / "labelsTr" / f"{row['case']}.nii.gz").exists():
             rows.append(row)
+        else:
+            orphans.append(row["case"])
+    if orphans:  # an export killed between its prompt lines and its label file: the case went to incomplete/
+        cases = sorted(set(orphans))
+        shown = ", ".join(cases[:5]) + (", ..." if len(cases) > 5 else "")
+        warnings.warn(f"{path}: skipped {len(orphans)} prompt line(s) of {len(cases)} case(s) with no label file "
+                      f"({shown}): an export was interrupted; their images are in {folder / 'incomplete'}",
+                      stacklevel=2)
     if broken:
         shown = ", ".join(map(str, broken[:10])) + (", ..." if len(broken) > 10 else "")
         warnings.warn(f"{path}: skipped {len(broken)} broken line(s) (line {shown}): not a complete prompt, "
