@@ -39,6 +39,13 @@ def model_choices() -> list[str]:
     return [*MODEL_NAMES, UNTRAINED_TINY, CHECKPOINT]
 
 
+def version_choices(versions) -> list[tuple[str, str]]:
+    """(shown, value) for the adapter-version list: the version first ("v002 · ct_abdomen-1a2b3c4d"), so a
+    narrow dock cuts the export name, never the version."""
+    return [(version if "/" not in version else " · ".join(reversed(version.rsplit("/", 1))), version)
+            for version in versions]
+
+
 def build(self: IMedSAMWidget) -> None:
     """Create the dock's controls as attributes of the dock and lay them out."""
     key = actions.shortcut
@@ -78,7 +85,7 @@ def build(self: IMedSAMWidget) -> None:
     self.finetune_button = PushButton(text="Fine-tune on accepted slices")
     self.cancel_finetune_button = PushButton(text="Cancel fine-tuning", enabled=False)
     self.progress = ProgressBar(label="progress", value=0, max=1, visible=False)
-    self.version_combo = ComboBox(label="adapter version", choices=["base"])
+    self.version_combo = ComboBox(label="adapter version", choices=version_choices(["base"]))
     self.status = QLabel("Pick an image and a model, press Load model, then draw a box.")
     self.status.setWordWrap(True)
     self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)

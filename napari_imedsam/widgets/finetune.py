@@ -14,6 +14,7 @@ from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QObject, Signal
 
 from ..errors import InputError
+from .controls import version_choices
 
 if TYPE_CHECKING:
     from .dock import IMedSAMWidget
@@ -159,7 +160,7 @@ class FineTuner:
             return
         # the base's frozen weights, shared, with this run's adapters: switching never reloads or copies them
         state.versions[version] = base.with_adapters(trainable_state(report.model.network), str(report.version_path))
-        self.dock.version_combo.choices = list(state.versions)
+        self.dock.version_combo.choices = version_choices(state.versions)
         self.dock.version_combo.value = version  # switches to it (see use_version)
         message = f"{report.summary}. Loaded {version}" + (" (cancelled early)" if report.cancelled else "")
         (show_warning if report.n_val < 3 else show_info)(message)

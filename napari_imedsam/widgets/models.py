@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from .._lazy_imports import guard_triton, preload_torch_libraries, without_collector_pauses
 from ..errors import InputError
-from .controls import CHECKPOINT, UNTRAINED_TINY
+from .controls import CHECKPOINT, UNTRAINED_TINY, version_choices
 
 if TYPE_CHECKING:
     from .dock import IMedSAMWidget
@@ -42,7 +42,7 @@ def use(self: IMedSAMWidget, loaded, corrector=None, stepwise: bool = False, cho
     self.state.choices = dict(choices or {})
     serve(self, loaded, keep_cache=False)
     self.state.versions = {"base": loaded}
-    self.version_combo.choices = ["base"]
+    self.version_combo.choices = version_choices(["base"])
     if stepwise:
         self.set_status(f"Model {loaded.model_id} loaded; adding its layers…")
         add_layers_stepwise(self, lambda: ready(self, loaded))
@@ -114,7 +114,7 @@ def reattach(self: IMedSAMWidget) -> None:
         except (ValueError, TypeError):  # a choice no longer offered: leave the field as it is
             pass
     self.mirror.value = bool(getattr(self.state.predictor, "mirror", False))
-    self.version_combo.choices = list(self.state.versions)
+    self.version_combo.choices = version_choices(self.state.versions)
     QTimer.singleShot(0, lambda: resume(self) if not self.workers.closed else None)
 
 
