@@ -173,6 +173,45 @@ def _init_distributed() -> int:
     return dist.get_rank()
 
 
+def _world_size() -> int:
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+class StopOnInterrupt:
+    """Ctrl-C during training: the first stops it after the current step (the best weights so far are
+    saved, as the dock's Cancel does); a second one aborts. Use as a context manager."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+
+    def __call__(self) -> bool:
+        return self.stopped
+
+    def _interrupt(self, signum, frame) -> None:
+        if self.stopped:
+            raise KeyboardInterrupt
+        self.stopped = True
+        print("\ninterrupted: stopping after this step and saving the best weights so far "
+              "(Ctrl-C again aborts without saving)", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> StopOnInterrupt:
+        import signal
+        import threading
+
+        self._previous = None  # one process only: ranks of a distributed run must stop together (torchrun's)
+        if threading.current_thread() is threading.main_thread() and _world_size() <= 1:
+            self._previous = signal.signal(signal.SIGINT, self._interrupt)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
 def cmd_train_corrector(args: argparse.Namespace) -> int:
     """`train --mode corrector`: the Dual False Corrector on a frozen model (OUT/correctors/NAME/vNNN)."""
     from src_train.corrector import CorrectorOptions, train_corrector
@@ -191,12 +230,18 @@ def cmd_train_corrector(args: argparse.Namespace) -> int:
     samples = load_dataset(args.data)
     loaded = _load(args)
     print(f"training a corrector for {loaded.model_id} on {len(samples)} samples from {args.data}")
-    report = train_corrector(loaded, samples, options, args.out, name=args.name,
-                             command="imedsam " + " ".join(sys.argv[1:]))
+    def progress(step: int, total: int) -> None:
+        if step % options.validate_every == 0 or step == total:
+            print(f"  step {step:5d} of {total}", flush=True)
+
+    with StopOnInterrupt() as interrupted:
+        report = train_corrector(loaded, samples, options, args.out, name=args.name, should_stop=interrupted,
+                                 on_step=progress, command="imedsam " + " ".join(sys.argv[1:]))
     before, after = report.before.get("dice"), report.after.get("dice")
     if before is not None and after is not None:
         print(f"held-back Dice: refined {before:.4f} -> corrected {after:.4f}"
-              + ("" if report.helps else " (the corrector did not help: it is saved as trained, flagged helps=false)"))
+              + ("" if report.helps else " (no validation round beat the refined mask: saved for inspection, "
+                 "flagged helps=false; the dock warns when it loads it)"))
     print(f"saved {report.path}")
     return 0
 
@@ -226,15 +271,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"  epoch {record.epoch:3d}  loss {record.loss:.4f}  val Dice {record.val_dice:.4f}  "
               f"({record.seconds:.0f} s)", flush=True)
 
-    result = train(loaded, samples, options, args.out, name=args.name, on_epoch=report,
-                   command="imedsam " + " ".join(sys.argv[1:]))
-    print(f"{result.summary}; {result.steps} steps in {result.seconds:.0f} s")
-    print(f"saved {result.version_path}")
-    digest = hashlib.sha256()
-    for key, value in sorted(result.model.network.state_dict().items()):
-        digest.update(key.encode())
-        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
-    print(f"rank {rank} final weights sha256 {digest.hexdigest()}")
+    with StopOnInterrupt() as interrupted:
+        result = train(loaded, samples, options, args.out, name=args.name, on_epoch=report, should_stop=interrupted,
+                       command="imedsam " + " ".join(sys.argv[1:]))
+    print(f"{result.summary}; {result.steps} steps in {result.seconds:.0f} s"
+          + (" (interrupted)" if result.cancelled else ""))
+    whole = options.mode == "full"
+    print(f"saved {result.version_path}" + (" (a whole model: use it with --model)" if whole else ""))
+    if _world_size() > 1:  # the ranks' weights must agree: each prints its digest
+        digest = hashlib.sha256()
+        for key, value in sorted(result.model.network.state_dict().items()):
+            digest.update(key.encode())
+            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+        print(f"rank {rank} final weights sha256 {digest.hexdigest()}")
     return 0
 
 

@@ -179,9 +179,11 @@ def train_corrector(loaded: LoadedModel, samples: list[Sample], options: Correct
     helps = best_state is not None
     if helps:
         corrector.load_state_dict(best_state)
+    elif val_examples:  # nothing beat "no correction": the file holds the last weights, so say what they score
+        best_after = validate(corrector, val_examples)[1]
     header = {"base_model": loaded.model_id, "base_sha256": loaded.weights_sha256, "command": command,
               "data_manifest_sha256": manifest_sha256(samples), "n_train": len(train_set), "n_val": len(val_set),
-              "metrics_before": before, "metrics": best_after if helps else before, "helps": helps,
+              "metrics_before": before, "metrics": best_after, "helps": helps,
               "steps": step, "options": {k: v for k, v in vars(options).items() if k != "config"}}
     path = save_result(folder, lambda target, **kw: save_corrector(corrector.eval(), target, header))
-    return CorrectorReport(path, before, best_after if helps else before, step, time.perf_counter() - start, helps)
+    return CorrectorReport(path, before, best_after, step, time.perf_counter() - start, helps)

@@ -52,6 +52,8 @@ def test_training_saves_a_version_that_loads_only_on_its_base(trained, fitted):
     if report.helps:
         assert report.after["dice"] > report.before["dice"]
     corrector = load_corrector(report.path, base_sha256=loaded.weights_sha256)
+    # what the report and the file's header say is what the saved weights score, helping or not
+    assert corrector.header["metrics"] == report.after and corrector.header["helps"] == report.helps
     with pytest.raises(CheckpointError, match="another base model"):
         load_corrector(report.path, base_sha256="0" * 64)
     image, mask = ellipse_phantoms(1, seed=99)[0]

@@ -88,6 +88,29 @@ def test_export_killed_mid_write_leaves_a_readable_dataset(tmp_path):
         assert len(load_dataset(tmp_path)) == 3
 
 
+def test_ctrl_c_stops_training_after_the_step_and_saves_the_best_so_far(tmp_path):
+    """The first Ctrl-C (SIGINT) of `imedsam train` stops it cleanly, as the dock's Cancel does: one line,
+    exit 0, a saved version; no traceback."""
+    import signal
+
+    export_slices(tmp_path / "data", phantom_slices(4))
+    command = [sys.executable, "-m", "napari_imedsam.cli", "train", "--model", "tiny", "--data", str(tmp_path / "data"),
+               "--mode", "decoder", "--epochs", "500", "--batch-size", "2", "--points", "64", "--out",
+               str(tmp_path / "out")]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    lines = []
+    for line in process.stdout:  # wait until it trains
+        lines.append(line)
+        if "epoch   1" in line:
+            process.send_signal(signal.SIGINT)
+            break
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err[-2000:]
+    assert "interrupted: stopping after this step" in err and "Traceback" not in err
+    assert "(interrupted)" in out and (tmp_path / "out" / "adapters" / "default" / "v001.safetensors").exists()
+
+
 def test_metrics_on_known_masks():
     a = np.zeros((20, 20), bool)
     a[5:15, 5:15] = True

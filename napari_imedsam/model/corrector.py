@@ -127,6 +127,7 @@ def load_corrector(path, base_sha256: str | None = None) -> DualFalseCorrector:
         corrector.load_state_dict(tensors)
     except (TypeError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: corrector tensors do not match its header ({exc})") from None
+    corrector.header = header  # what its training measured (`helps`, `metrics_before`, `metrics`)
     return corrector.eval().requires_grad_(False)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pooch
 import torch
 
+from ..errors import InputError
 from .catalog import (  # noqa: F401 - re-exported
     DEMO_FILE,
     LITE_BASE,
@@ -86,10 +87,14 @@ def download_checkpoint(url: str, known_hash: str | None, filename: str, progres
         path = pooch.retrieve(url, known_hash=known_hash, fname=filename, path=folder, progressbar=progress)
     except ValueError as exc:  # hash mismatch: pooch has already removed the temporary file
         raise CheckpointError(f"{url}: downloaded file failed its checksum and was discarded ({exc})") from None
-    except Exception as exc:  # network errors surface as requests/urllib exceptions
+    except Exception as exc:  # network errors surface as requests/urllib exceptions, pages long
+        import logging
+
+        logging.getLogger(__name__).info("download of %s failed: %r", url, exc)  # the detail, for the log
+        reason = type(exc).__name__ if len(str(exc)) > 80 else f"{type(exc).__name__}: {exc}"
         raise CheckpointError(
-            f"could not download {url} ({type(exc).__name__}: {exc}). Offline? Put the file at "
-            f"{folder / filename} or pass its local path as the model"
+            f"could not download {filename} ({reason}). Offline? Put the file at "
+            f"{folder / filename}, or give its path as the model (in the dock: checkpoint file…)"
         ) from None
     return Path(path)
 
@@ -154,9 +159,9 @@ def resolve_device(device: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but no CUDA GPU is available; use 'cpu' or 'auto'")
+        raise InputError("device 'cuda' requested but no CUDA GPU is available; use 'cpu' or 'auto'")
     if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise RuntimeError("device 'mps' requested but Apple MPS is not available; use 'cpu' or 'auto'")
+        raise InputError("device 'mps' requested but Apple MPS is not available; use 'cpu' or 'auto'")
     return torch.device(device)
 
 

@@ -213,7 +213,11 @@ def _read_adapter_file(path: str | os.PathLike, model: IMedSAM, base_sha256: str
     """Tensors and header of an adapter file, checked: its format, architecture and (when given) base."""
     tensors, header = read_safetensors(path)
     if header.get("format") != "imedsam-adapters/1":
-        raise CheckpointError(f"{path}: not an adapter file (format {header.get('format')!r})")
+        hint = {"imedsam-model/1": ": it is a whole model (train --mode full); load it as the model "
+                                   "(--model FILE, or 'checkpoint file…' in the dock)",
+                "corrector": ": it is a corrector; give it as the corrector (--corrector, or the dock's corrector "
+                             "field)"}.get(header.get("format") or header.get("kind"), "")
+        raise CheckpointError(f"{path}: not an adapter file (format {header.get('format')!r}){hint}")
     config = header.get("config", {})
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: header 'config' is not an object")

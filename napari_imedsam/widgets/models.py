@@ -40,6 +40,14 @@ def use(self: IMedSAMWidget, loaded, corrector=None, stepwise: bool = False, cho
     `choices`: the dock fields it was loaded from (a reopened dock shows them again)."""
     self.state.corrector = corrector
     self.state.choices = dict(choices or {})
+    header = getattr(corrector, "header", None) or {}
+    if header.get("helps") is False:  # its training found no round better than the refined mask
+        from napari.utils.notifications import show_warning
+
+        before, after = (header.get(k, {}).get("dice") for k in ("metrics_before", "metrics"))
+        scores = f" (held-back Dice {before:.3f} -> {after:.3f})" if before is not None and after is not None else ""
+        show_warning(f"this corrector did not beat the refined mask when it was trained{scores}: treat its "
+                     "suggestions with care")
     serve(self, loaded, keep_cache=False)
     self.state.versions = {"base": loaded}
     self.version_combo.choices = version_choices(["base"])
