@@ -94,8 +94,33 @@ def test_accepted_suggestions_are_user_edits_and_undo_as_one_step():
     session.undo()  # the model result
     session.undo()  # the removal
     assert (session.labels[4:6, 4:14] == 1).all() and not session.user_edited[4:6].any()
+    assert suggestions.suggestion_map(session, None)[4, 8] == 1  # the undone suggestion is shown again
     session.undo()  # the addition
     assert not session.labels[14:16].any() and not session.user_edited.any()
+    assert suggestions.suggestion_map(session, None)[15, 8] == 2
+
+
+def test_accept_all_is_one_undo_step_over_every_object():
+    from napari_imedsam.inference import suggestions
+    from napari_imedsam.inference.session import AnnotationSession
+
+    from .test_session import fake_result
+
+    session = AnnotationSession(None, np.zeros((20, 40), np.float32), np.zeros((20, 40), np.int32))
+    for label, cols in ((1, slice(2, 12)), (2, slice(22, 32))):
+        prob = np.zeros((20, 40), np.float32)
+        prob[4:14, cols] = 0.9
+        result = fake_result(label, prob)
+        result.remove = np.zeros((20, 40), np.int32)
+        result.remove[4:6, cols] = 1
+        result.add = np.zeros((20, 40), np.int32)
+        result.add[14:16, cols] = 1
+        session.apply(result)
+    before = session.labels.copy()
+    assert suggestions.accept_all(session, None) == 80  # two objects, a removal and an addition each
+    session.undo()  # one Shift-Z takes all of it back
+    np.testing.assert_array_equal(session.labels, before)
+    assert not session.user_edited.any() and (suggestions.suggestion_map(session, None) > 0).sum() == 80
 
 
 def test_cli_trains_a_corrector_and_evaluate_reports_the_corrected_dice(tmp_path, capsys):

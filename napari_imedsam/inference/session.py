@@ -13,6 +13,7 @@ Propagation lives in `propagation.py`, the review queue in `review.py`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -108,6 +109,7 @@ class LabelPatch:
     changed: np.ndarray | None = None  # a user-side edit (an accepted suggestion): the pixels it set
     edited_before: np.ndarray | None = None  # and the user-edit flags before it, in `region`
     undone: ObjectResult | None = None  # set by `undo`: the result that was taken back
+    restore: Callable[[], None] | None = None  # what else undo puts back (an accepted suggestion's overlay)
 
 
 class AnnotationSession:
@@ -319,6 +321,8 @@ class AnnotationSession:
                 self.results.pop(patch.key, None)
             else:
                 self.results[patch.key] = patch.previous_result
+            if patch.restore is not None:
+                patch.restore()
             undone.append(patch)
         self.unaccept_empty({patch.slice_index for patch in undone})
         return undone
@@ -342,9 +346,11 @@ class AnnotationSession:
         if rows.size == 0:
             return 0
         region = (slice(int(rows.min()), int(rows.max()) + 1), slice(int(cols.min()), int(cols.max()) + 1))
-        self._groups += 1
+        if self._group is None:  # its own undo step, unless inside a group (accept all)
+            self._groups += 1
+        group = self._group if self._group is not None else self._groups
         self.undo_stack.append(LabelPatch(slice_index, region, labels[region].copy(), key, self.results.get(key),
-                                          self._groups, pixels[region].copy(), edited[region].copy()))
+                                          group, pixels[region].copy(), edited[region].copy()))
         labels[pixels] = value
         edited[pixels] = True
         return int(rows.size)

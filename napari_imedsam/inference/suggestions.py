@@ -56,16 +56,24 @@ def accept(session: AnnotationSession, result: ObjectResult, kind: str, region_i
     else:
         free = ~session.slice_edited(result.slice_index)
         changed = session.apply_edit(result.slice_index, pixels & free, result.label, key)
+    regions = getattr(result, kind)
+    if changed and regions is not None:  # undo brings the suggestion back on the overlay too
+        shown = regions.copy()
+        session.undo_stack[-1].restore = lambda: np.copyto(regions, np.where(regions > 0, regions, shown))
     _forget(result, kind, region_id)
     return changed
 
 
 def accept_all(session: AnnotationSession, slice_index: int | None) -> int:
-    """Every suggestion on a slice; one undo step per object and kind."""
+    """Every suggestion on a slice, as one undo step."""
     changed = 0
-    for (z, _), result in list(session.results.items()):
-        if z == slice_index:
-            changed += sum(accept(session, result, kind) for kind in KINDS)
+    session.begin_group()
+    try:
+        for (z, _), result in list(session.results.items()):
+            if z == slice_index:
+                changed += sum(accept(session, result, kind) for kind in KINDS)
+    finally:
+        session.end_group()
     return changed
 
 

@@ -99,7 +99,8 @@ class CorrectionActions:
             return
         session, z = displayed
         changed = accept_all(session, z)
-        self._after(z, f"All suggestions on this slice accepted: {changed} px changed.")
+        self._after(z, f"All suggestions on this slice accepted: {changed} px changed (one Undo takes them back)."
+                    if changed else "No suggestions on this slice to accept.")
 
     def dismiss(self) -> None:
         from ..inference.suggestions import dismiss
