@@ -21,6 +21,7 @@ from .cli_checks import (
 )
 from .inference.predictor import Predictor
 from .inference.preprocess import CT_PRESETS, MR_PERCENTILES, InputError, IntensityWindow
+from .interrupts import StopOnInterrupt, world_size
 from .io.images import read_image, select_slice, write_arrays
 from .model.config import UNCERTAINTY_KINDS
 from .model.registry import REGISTRY, default_model, load_model
@@ -173,45 +174,6 @@ def _init_distributed() -> int:
     return dist.get_rank()
 
 
-def _world_size() -> int:
-    import os
-
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-class StopOnInterrupt:
-    """Ctrl-C during training: the first stops it after the current step (the best weights so far are
-    saved, as the dock's Cancel does); a second one aborts. Use as a context manager."""
-
-    def __init__(self) -> None:
-        self.stopped = False
-
-    def __call__(self) -> bool:
-        return self.stopped
-
-    def _interrupt(self, signum, frame) -> None:
-        if self.stopped:
-            raise KeyboardInterrupt
-        self.stopped = True
-        print("\ninterrupted: stopping after this step and saving the best weights so far "
-              "(Ctrl-C again aborts without saving)", file=sys.stderr, flush=True)
-
-    def __enter__(self) -> StopOnInterrupt:
-        import signal
-        import threading
-
-        self._previous = None  # one process only: ranks of a distributed run must stop together (torchrun's)
-        if threading.current_thread() is threading.main_thread() and _world_size() <= 1:
-            self._previous = signal.signal(signal.SIGINT, self._interrupt)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        import signal
-
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-
-
 def cmd_train_corrector(args: argparse.Namespace) -> int:
     """`train --mode corrector`: the Dual False Corrector on a frozen model (OUT/correctors/NAME/vNNN)."""
     from src_train.corrector import CorrectorOptions, train_corrector
@@ -278,7 +240,7 @@ def cmd_train(args: argparse.Namespace) -> int:
           + (" (interrupted)" if result.cancelled else ""))
     whole = options.mode == "full"
     print(f"saved {result.version_path}" + (" (a whole model: use it with --model)" if whole else ""))
-    if _world_size() > 1:  # the ranks' weights must agree: each prints its digest
+    if world_size() > 1:  # the ranks' weights must agree: each prints its digest
         digest = hashlib.sha256()
         for key, value in sorted(result.model.network.state_dict().items()):
             digest.update(key.encode())

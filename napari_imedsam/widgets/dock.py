@@ -192,8 +192,6 @@ class IMedSAMWidget(QWidget):
         labels = event.source if isinstance(getattr(event, "source", None), Labels) else self.labels_layer()
         edited = self.state.edited.get(identity(labels))
         if edited is None or edited.shape != labels.data.shape:
-            import numpy as np
-
             edited = self.state.edited[identity(labels)] = np.zeros(labels.data.shape, bool)
         for atom in event.value:
             if hasattr(atom, "slice_key"):
