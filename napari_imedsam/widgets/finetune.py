@@ -163,6 +163,9 @@ class FineTuner:
         self.dock.version_combo.choices = version_choices(state.versions)
         self.dock.version_combo.value = version  # switches to it (see use_version)
         message = f"{report.summary}. Loaded {version}" + (" (cancelled early)" if report.cancelled else "")
+        if report.kept_base and report.before.get("dice", 0.0) >= 0.999:  # the labels are the model's own output
+            message += (" (the same weights as before: the accepted masks match what the model predicts, so there "
+                        "was nothing to learn; correct them where the model is wrong, then fine-tune)")
         (show_warning if report.n_val < 3 else show_info)(message)
         self.dock.set_status(message)
 

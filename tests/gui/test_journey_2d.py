@@ -222,3 +222,23 @@ def test_mirror_averaging_from_the_dock_and_it_survives_a_model_reload(docked):
     assert dock.state.predictor.mirror
     dock.mirror.value = False
     assert not dock.state.predictor.mirror
+
+
+def test_fine_tuning_on_uncorrected_masks_says_there_was_nothing_to_learn(docked, tmp_path):
+    """Accepting the model's own masks unchanged and fine-tuning: the dock says the weights stayed the
+    same because the masks match the model, instead of only 'Loaded v001'."""
+    viewer, dock = docked
+    image, boxes, labels, truth, names = thorax(viewer, dock)
+    for structure in ("aorta_000", "heart_ventricle_left_000", "vertebrae_T9_000"):
+        draw(viewer, dock, image, truth == names[structure])
+    dock.accept_button.clicked()
+    dock.workdir.value = str(tmp_path / "work")
+    dock.steps.value = 10
+    dock.finetune_button.clicked()
+    dock.wait_until_idle(300000)
+    report = dock.tuner.last_report
+    assert report is not None, dock.status_text()
+    if report.kept_base and report.before["dice"] >= 0.999:
+        assert "nothing to learn" in dock.status_text(), dock.status_text()
+    else:  # the model's own masks, re-predicted from the exported boxes, can differ slightly: then no claim
+        assert "nothing to learn" not in dock.status_text()
