@@ -109,28 +109,30 @@ def test_extra_fields_cannot_override_the_prompt_core_fields(small_export):
         raise DataLost(f"extra fields rewrote the prompt of {case}: {row}")
 
 
-def test_training_data_skips_and_reports_lines_that_are_not_prompts(small_export):
+def _load_with_warnings(folder) -> tuple[list, list[str]]:
+    """The training data of an export, and the warnings loading it gave."""
     from src_train.data import load_dataset
 
-    with open(small_export / "prompts.jsonl", "a") as handle:
-        handle.write('{"case": "imedsam_00001"}\n[1, 2]\n')
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        samples = load_dataset(small_export)
+        samples = load_dataset(folder)
+    return samples, [str(w.message) for w in caught]
+
+
+def test_training_data_skips_and_reports_lines_that_are_not_prompts(small_export):
+    with open(small_export / "prompts.jsonl", "a") as handle:
+        handle.write('{"case": "imedsam_00001"}\n[1, 2]\n')
+    samples, said = _load_with_warnings(small_export)
     assert len(samples) == 3
-    if not any("2 broken line(s)" in str(w.message) for w in caught):
+    if not any("2 broken line(s)" in message for message in said):
         raise Silent("lines without a case, label and box were dropped without a word")
 
 
 def test_prompt_lines_of_a_case_without_labels_are_skipped_with_a_word(small_export):
     """A writer killed after its prompt lines but before its label file: the case is set aside; the
     training data names the orphan lines instead of dropping them silently."""
-    from src_train.data import load_dataset
-
     (small_export / "labelsTr" / "imedsam_00002.nii.gz").unlink()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        samples = load_dataset(small_export)
+    samples, said = _load_with_warnings(small_export)
     assert len(samples) == 2
-    if not any("1 prompt line(s) of 1 case(s) with no label file (imedsam_00002)" in str(w.message) for w in caught):
+    if not any("1 prompt line(s) of 1 case(s) with no label file (imedsam_00002)" in message for message in said):
         raise Silent("prompt lines of a case without labels were dropped without a word")

@@ -30,7 +30,6 @@ class ClickActions:
         return self.dock.plugin_layer(POINTS)
 
     def _ensure(self) -> Points:
-
         layer = self.layer()
         if layer is None:
             layers = self.dock.layer_set()

@@ -130,10 +130,14 @@ class IMedSAMWidget(QWidget):
         current = self.image_layer()
         if not isinstance(link, dict) or (current is not None and image_id(current) == link.get("image")):
             return
-        for image in self.image_combo.choices:
-            if image.metadata.get(IMAGE_ID) == link.get("image"):
-                self.image_combo.value = image
-                return
+        image = self.image_with_id(link.get("image"))
+        if image is not None:
+            self.image_combo.value = image
+
+    def image_with_id(self, key: str | None) -> Any:
+        """The image in the dock's list whose plugin layers carry `key` (`layers.image_id`), or None."""
+        return next((image for image in self.image_combo.choices
+                     if key is not None and image.metadata.get(IMAGE_ID) == key), None)
 
     def plugin_layer(self, role: str, kind: type = object) -> Any:
         """The current image's plugin layer in `role` (see `layers.LINK`), or None."""
@@ -154,7 +158,7 @@ class IMedSAMWidget(QWidget):
             boxes.mode = "add_rectangle"  # ready to draw
         if self.connect_layer(labels):
             self._show_uncertainty(self.show_uncertainty.value)
-        self.state.image_key = image_id(self.layer_set().image)  # a reopened dock comes back to this image
+        self.state.image_key = image_id(layers.image)  # a reopened dock comes back to this image
         return boxes, labels, coarse, uncertainty
 
     def connect_layer(self, layer: Any) -> bool:

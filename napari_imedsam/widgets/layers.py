@@ -131,19 +131,15 @@ class LayerSet:
         """The metadata that ties a plugin layer in `role` to this image."""
         return {LINK: {"role": role, "image": image_id(self.image)}}
 
-    def find(self, role: str) -> Layer | None:
-        """This image's plugin layer in `role` (BOXES, LABELS, ...), or None."""
-        want = self.link(role)[LINK]
-        for layer in self.viewer.layers:
-            if layer.metadata.get(LINK) == want:
-                return layer
-        return None
-
     def linked(self) -> list[Layer]:
-        """Every plugin layer of this image."""
+        """Every plugin layer of this image, bottom first."""
         want = image_id(self.image)
         return [layer for layer in self.viewer.layers
-                if isinstance(layer.metadata.get(LINK), dict) and layer.metadata[LINK].get("image") == want]
+                if is_plugin_layer(layer) and layer.metadata[LINK].get("image") == want]
+
+    def find(self, role: str) -> Layer | None:
+        """This image's plugin layer in `role` (BOXES, LABELS, ...), or None."""
+        return next((layer for layer in self.linked() if layer.metadata[LINK].get("role") == role), None)
 
     def show(self, heatmap: bool) -> None:
         """The image and its layers visible (the heatmap as the dock's checkbox says; the coarse map stays

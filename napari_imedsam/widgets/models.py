@@ -128,16 +128,15 @@ def reattach(self: IMedSAMWidget) -> None:
 
 def resume(self: IMedSAMWidget) -> None:
     """The reopened dock: back on the image worked on last, every image's I-MedSAM layers handled here."""
-    from .layers import IMAGE_ID, LINK
+    from .layers import is_plugin_layer
 
     self.reset_choices()
-    for image in self.image_combo.choices:
-        if image.metadata.get(IMAGE_ID) is not None and image.metadata.get(IMAGE_ID) == self.state.image_key:
-            self._shown = image  # coming back to it is no switch: visibility and view stay as they are
-            self.image_combo.value = image
-            break
+    image = self.image_with_id(self.state.image_key)
+    if image is not None:
+        self._shown = image  # coming back to it is no switch: visibility and view stay as they are
+        self.image_combo.value = image
     for layer in self.viewer.layers:
-        if isinstance(layer.metadata.get(LINK), dict):
+        if is_plugin_layer(layer):
             self.connect_layer(layer)
     image_changed(self)
 
