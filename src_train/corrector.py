@@ -32,6 +32,8 @@ from .data import Sample, manifest_sha256, split
 from .output import prepare_output, save_result
 from .points import jitter_box
 
+_clock = time.perf_counter  # seconds, for `max_seconds` (a module attribute: tests replace it)
+
 
 @dataclass
 class CorrectorOptions:
@@ -155,8 +157,9 @@ def train_corrector(loaded: LoadedModel, samples: list[Sample], options: Correct
     optimizer = torch.optim.AdamW(corrector.parameters(), lr=options.lr)
     before, best_after = validate(corrector, val_examples) if val_examples else ({}, {})
     best_state, best_dice = None, before.get("dice", -1.0)
-    start, step = time.perf_counter(), 0
-    while step < options.steps and not (should_stop and should_stop()):
+    start, step = _clock(), 0
+    stopping = bool(should_stop and should_stop())
+    while step < options.steps and not stopping:
         chosen = rng.integers(0, len(train_examples), options.batch_size)
         maps = torch.stack([train_examples[i].maps for i in chosen])
         truth = torch.stack([train_examples[i].truth for i in chosen])
@@ -169,12 +172,15 @@ def train_corrector(loaded: LoadedModel, samples: list[Sample], options: Correct
         step += 1
         if on_step:
             on_step(step, options.steps)
-        if val_examples and (step % options.validate_every == 0 or step == options.steps):
+        # the time limit is checked after every step; the last step is validated however the run ends
+        stopping = bool(should_stop and should_stop())
+        out_of_time = bool(options.max_seconds) and _clock() - start > options.max_seconds
+        if val_examples and (step % options.validate_every == 0 or step == options.steps or stopping or out_of_time):
             refined, after = validate(corrector, val_examples)
             if after["dice"] > best_dice:
                 best_dice, best_after = after["dice"], after
                 best_state = {k: v.clone() for k, v in corrector.state_dict().items()}
-        if options.max_seconds and time.perf_counter() - start > options.max_seconds:
+        if out_of_time:
             break
     helps = best_state is not None
     if helps:
@@ -186,4 +192,4 @@ def train_corrector(loaded: LoadedModel, samples: list[Sample], options: Correct
               "metrics_before": before, "metrics": best_after, "helps": helps,
               "steps": step, "options": {k: v for k, v in vars(options).items() if k != "config"}}
     path = save_result(folder, lambda target, **kw: save_corrector(corrector.eval(), target, header))
-    return CorrectorReport(path, before, best_after, step, time.perf_counter() - start, helps)
+    return CorrectorReport(path, before, best_after, step, _clock() - start, helps)

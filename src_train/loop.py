@@ -79,7 +79,10 @@ class Loop:
     """AdamW over `param_groups` of `network` for `total_steps` steps on batches from `next_batch`
     (`fit.make_batch`'s layout), run through a `TrainStep` (`wrap`ped, e.g. in DDP). Progress is
     by steps, or by `elapsed()` seconds when `max_seconds` is set; `cosine` scales the learning rates
-    with it. Creating a loop makes its parameters trainable; `finish` freezes them again."""
+    with it. The time limit is checked before every step after the first, on the same `elapsed()`
+    reading the step's progress uses (under DDP one agreed reading per step: every rank stops at the
+    same step); `timed_out` says it ended the run. Creating a loop makes its parameters trainable;
+    `finish` freezes them again."""
 
     network: IMedSAM
     param_groups: list[dict]
@@ -93,9 +96,11 @@ class Loop:
     elapsed: Callable[[], float] = lambda: 0.0
     custom_forward: Callable[[Batch], TrainOutputs] | None = None  # instead of TrainStep (e.g. cached prompts)
     step: int = 0
+    timed_out: bool = False  # the time limit ended the run (no further steps)
     module: nn.Module = field(init=False)
     optimizer: torch.optim.Optimizer = field(init=False)
     base_lrs: list[float] = field(init=False)  # the groups' learning rates before the schedule
+    _reading: float | None = field(init=False, default=None)  # `run`'s clock reading for the next step
 
     def __post_init__(self) -> None:
         for group in self.param_groups:
@@ -110,6 +115,24 @@ class Loop:
         elapsed = self.elapsed() if self.max_seconds else 0.0
         return run_progress(self.step, self.total_steps, elapsed, self.max_seconds)
 
+    def _step_progress(self) -> float:
+        """The progress of the step about to be taken: from `run`'s reading of the clock when it made
+        one (so a step costs one reading, one collective under DDP), else a fresh one."""
+        reading, self._reading = self._reading, None
+        if reading is None:
+            return self.progress()
+        return run_progress(self.step, self.total_steps, reading, self.max_seconds)
+
+    def _out_of_time(self) -> bool:
+        """Read the clock for the next step; True when the time limit is reached (never before the
+        run's first step: a run always takes one)."""
+        if not self.max_seconds or self.timed_out:
+            return self.timed_out
+        self._reading = self.elapsed()
+        if self.step and self._reading >= self.max_seconds:
+            self.timed_out = True
+        return self.timed_out
+
     def forward(self, batch: Batch) -> TrainOutputs:
         if self.custom_forward is not None:
             return self.custom_forward(batch)
@@ -120,7 +143,7 @@ class Loop:
         """Forward a batch, set the learning rates for the progress, one AdamW step; returns the loss."""
         batch = self.next_batch()
         outputs = self.forward(batch)
-        progress = self.progress()
+        progress = self._step_progress()
         if self.cosine:
             for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs):
                 group["lr"] = base_lr * cosine_factor(progress)
@@ -133,13 +156,16 @@ class Loop:
 
     def run(self, steps: int, should_stop: Callable[[], bool] | None = None,
             on_step: Callable[[int, int], None] | None = None) -> tuple[list[float], bool]:
-        """Up to `steps` steps (fewer at the end of the run) with the network in training mode, then
-        back in eval mode. Returns (the losses, whether `should_stop()` cut it short)."""
+        """Up to `steps` steps (fewer at the end of the run, or when the time limit is reached: then
+        `timed_out`) with the network in training mode, then back in eval mode. Returns (the losses,
+        whether `should_stop()` cut it short)."""
         self.network.train()
         losses, stopped = [], False
         for _ in range(min(steps, self.total_steps - self.step)):
             if should_stop and should_stop():
                 stopped = True
+                break
+            if self._out_of_time():
                 break
             losses.append(self.one_step())
             if on_step:

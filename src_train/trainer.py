@@ -73,7 +73,7 @@ class TrainOptions:
 
 def _elapsed(start: float, world: int, device: torch.device) -> float:
     """Seconds since `start`; under DDP the slowest rank's, so every rank takes the same schedule and
-    stops after the same epoch."""
+    stops after the same step."""
     elapsed = time.perf_counter() - start
     if world > 1:
         shared = torch.tensor([elapsed], dtype=torch.float64, device=device)
@@ -233,7 +233,7 @@ def train(loaded: LoadedModel, samples: list[Sample], options: TrainOptions, out
     """Fit a copy of `loaded`, validate each epoch, keep the best weights (the starting ones included),
     save them as a new version and return them in the report (`report.model`); `loaded` itself is
     never changed (the copy shares its frozen tensors; `full` mode, which trains them all, copies all).
-    `on_step(step, total)` reports progress; `should_stop()` is checked every step."""
+    `on_step(step, total)` reports progress; `should_stop()` and `max_seconds` are checked every step."""
     check_options(options)
     rank, world = distributed_rank()
     loaded = replace(loaded, network=copy_network(loaded.network, share_frozen=options.mode != "full"),
@@ -293,7 +293,7 @@ def train(loaded: LoadedModel, samples: list[Sample], options: TrainOptions, out
         if cancelled or (should_stop and should_stop()):
             cancelled = True
             break
-        if options.max_seconds and _elapsed(start, world, loaded.device) > options.max_seconds:
+        if loop.timed_out:  # checked before every step, on a reading all ranks share: they stop together
             break
     loop.finish()
     network.load_state_dict(best_state, strict=options.mode == "full")

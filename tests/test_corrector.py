@@ -66,6 +66,27 @@ def test_training_saves_a_version_that_loads_only_on_its_base(trained, fitted):
     assert not (suggestions.remove > 0)[~refined].any() and not (suggestions.add > 0)[refined].any()
 
 
+def test_the_corrector_stops_at_its_time_limit_after_a_step_and_validates_that_step(fitted, tmp_path, monkeypatch):
+    """A fake clock, one second per reading: with a 2.5 s limit the run stops after step 3 (of 40, the
+    first validation due at 20) and validates that last step before saving, as a run that ends on its
+    step count does."""
+    from src_train import corrector as corrector_training
+
+    loaded, _, _ = fitted
+    readings = iter(range(1000))
+    monkeypatch.setattr(corrector_training, "_clock", lambda: float(next(readings)), raising=False)
+    validated = []
+    real_validate = corrector_training.validate
+    monkeypatch.setattr(corrector_training, "validate", lambda c, e: validated.append(1) or real_validate(c, e))
+    samples = [Sample(image, mask, box_of_mask(mask), f"e{i}") for i, (image, mask) in
+               enumerate(ellipse_phantoms(4, seed=3))]
+    options = CorrectorOptions(steps=40, batch_size=4, validate_every=20, boxes_per_sample=1, max_seconds=2.5,
+                               config=CorrectorConfig(size=32, width=8))
+    report = train_corrector(loaded, samples, options, tmp_path, name="timed")
+    assert report.steps == 3 and report.path.is_file()
+    assert len(validated) == 1 + 1 + (0 if report.helps else 1)  # before, the last step (and the saved weights)
+
+
 def test_accepted_suggestions_are_user_edits_and_undo_as_one_step():
     from napari_imedsam.inference import suggestions
     from napari_imedsam.inference.session import AnnotationSession

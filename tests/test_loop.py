@@ -105,3 +105,48 @@ def test_train_copies_only_what_it_trains_and_never_changes_its_argument(tmp_pat
         assert not shared
     else:  # the frozen backbone is shared, not copied; the trainable tensors are the copy's own
         assert shared == set(original) - trainable
+
+
+def test_the_time_limit_is_checked_before_every_step_on_the_reading_the_schedule_uses():
+    """A fake clock: one second per step taken. With a 2.5 s limit the loop takes steps 1-3 (readings
+    0, 1, 2) and stops at the reading of 3, well inside a round of 10; the cosine follows the readings."""
+    loaded = untrained()
+    network = loaded.network
+    examples = encoded_examples(loaded, 2)
+    next_batch = batches(lambda chosen: [examples[i] for i in chosen], len(examples), np.random.default_rng(0), 2, 64)
+    readings = []
+
+    def clock() -> float:
+        readings.append(float(run.step))
+        return readings[-1]
+
+    run = Loop(network, parameter_groups(network, "decoder", lr_decoder=1e-3), 100, next_batch, cosine=True,
+               max_seconds=2.5, elapsed=clock)
+    losses, stopped = run.run(10)
+    assert len(losses) == 3 and run.step == 3 and run.timed_out and not stopped
+    assert readings == [0.0, 1.0, 2.0, 3.0]  # one reading per step (one collective under DDP), one to stop
+    assert run.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * cosine_factor(2.0 / 2.5))
+    assert run.run(10) == ([], False) and len(readings) == 4  # stays stopped, without reading the clock again
+    run.finish()
+
+
+def test_max_seconds_stops_the_trainer_within_a_step_then_validates_and_saves(tmp_path, monkeypatch):
+    """`--max-seconds` used to be checked only between epochs, so a run overshot by up to an epoch. With a
+    fake clock (one second per step) and a 2.5 s limit, a run of 3 epochs x 8 steps stops after 3 steps,
+    inside its first epoch, and still does its end-of-run work: a validation round, a saved version."""
+    from src_train import trainer
+
+    export_slices(tmp_path / "data", phantom_slices(10))  # 8 train, 2 held back: 8 steps an epoch at batch 1
+    clock = {"seconds": 0.0}
+    monkeypatch.setattr(trainer, "_elapsed", lambda start, world, device: clock["seconds"])
+
+    def tick(step: int, total: int) -> None:
+        clock["seconds"] += 1.0
+
+    records = []
+    options = TrainOptions(mode="decoder", epochs=3, max_seconds=2.5, batch_size=1, n_points=64, keep_start=False)
+    report = train(untrained(), load_dataset(tmp_path / "data"), options, tmp_path / "out",
+                   on_epoch=records.append, on_step=tick)
+    assert report.n_train == 8 and report.steps == 3 and not report.cancelled
+    assert [r.epoch for r in records] == [1] and report.history == records  # the partial epoch was validated
+    assert report.version_path is not None and report.version_path.is_file()

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -197,15 +198,16 @@ def _free_port() -> str:
         return str(probe.getsockname()[1])
 
 
-def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path):
+def _torchrun_train(tmp_path, *options: str) -> tuple[subprocess.CompletedProcess, Path, str]:
+    """`imedsam train` in adapters mode under torchrun, two CPU processes: (result, out folder, output)."""
     export_slices(tmp_path / "data", phantom_slices(6))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for attempt in range(2):  # a failed launch (rendezvous on a busy machine) is retried once; results never are
         out = tmp_path / f"out{attempt}"
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                    "--master_port", _free_port(), "-m", "napari_imedsam.cli", "train", "--model", "tiny",
-                   "--data", str(tmp_path / "data"), "--mode", "adapters", "--epochs", "2", "--batch-size", "2",
-                   "--points", "256", "--out", str(out), "--device", "cpu"]
+                   "--data", str(tmp_path / "data"), "--mode", "adapters", "--batch-size", "2",
+                   "--points", "256", "--out", str(out), "--device", "cpu", *options]
         result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
         if result.returncode == 0:
             break
@@ -215,7 +217,22 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path):
     digests = {words[1]: words[-1] for words in lines}
     assert set(digests) == {"0", "1"}, output
     assert digests["0"] == digests["1"], output  # DDP kept the ranks in lock-step
+    return result, out, output
+
+
+def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path):
+    _, out, _ = _torchrun_train(tmp_path, "--epochs", "2")
     assert [p.name for p in (out / "adapters" / "default").iterdir()] == ["v001.safetensors"]
+
+
+def test_ddp_ranks_stop_at_the_same_step_on_the_time_limit(tmp_path):
+    """`--max-seconds` is checked before every step on a clock reading the ranks share, so both stop at
+    the same step (a rank that stopped alone would leave the other waiting in a collective)."""
+    import re
+
+    result, _, output = _torchrun_train(tmp_path, "--epochs", "1000", "--max-seconds", "2")
+    steps = [int(n) for n in re.findall(r"(\d+) steps in", result.stdout)]
+    assert len(steps) == 2 and steps[0] == steps[1] and 0 < steps[0] < 1000, output  # 1000 epochs: >= 1000 steps
 
 
 def test_training_is_deterministic_with_a_seed(tmp_path):
