@@ -239,7 +239,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"{result.summary}; {result.steps} steps in {result.seconds:.0f} s"
           + (" (interrupted)" if result.cancelled else ""))
     whole = options.mode == "full"
-    print(f"saved {result.version_path}" + (" (a whole model: use it with --model)" if whole else ""))
+    if result.saved:
+        print(f"saved {result.version_path}" + (" (a whole model: use it with --model)" if whole else ""))
+    else:
+        print("no new version saved: the result is the weights training started from")
     if world_size() > 1:  # the ranks' weights must agree: each prints its digest
         digest = hashlib.sha256()
         for key, value in sorted(result.model.network.state_dict().items()):

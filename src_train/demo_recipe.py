@@ -114,15 +114,16 @@ DATA_TERMS = ("Kvasir-SEG (research and education only), BraTS 2013 FLAIR and T1
               "(CC BY-NC-SA 3.0), generated ellipse phantoms and CT-like scenes")
 
 
-def package(trained: Path, fine_stage: Path, target: Path, counts: dict, recipe: str) -> Path:
+def package(trained: Path, fine_stage: Path | None, target: Path, counts: dict, recipe: str) -> Path:
     """The shipped file: the `full`-mode model with its `fine`-stage fine INR, whole, in float16; the
     header keeps the first stage's (config, options, metrics, data manifest hash), adds the second
-    stage's options and metrics, the recipe, the data terms and the file counts."""
+    stage's options and metrics, the recipe, the data terms and the file counts. `fine_stage` None: the
+    second stage did not beat the first (it saved nothing), so the first stage ships alone."""
     from napari_imedsam.model.registry import load_model
     from napari_imedsam.model.weights import atomic_save_safetensors, read_safetensors
 
     _, header = read_safetensors(trained)
-    _, fine_header = read_safetensors(fine_stage)
+    fine_header = read_safetensors(fine_stage)[1] if fine_stage is not None else {}
     network = load_model(trained, adapters=fine_stage, progress=False).network
     half = {k: (v.half() if v.is_floating_point() else v) for k, v in network.state_dict().items()}
     header = {**header, "recipe": recipe, "data": DATA_TERMS, "precision": "float16 weights, loaded as float32",
@@ -147,8 +148,9 @@ def package_clicks(clicked: Path, start: Path, target: Path, counts: dict, recip
 
 
 def _train(model: str | Path, mode: str, data: Path, minutes: float, seed: int, out: Path, name: str,
-           augment: bool = False, **extra) -> Path:
-    """One stage: the trainer on the recipe's data, with zoom, for `minutes` of wall time."""
+           augment: bool = False, **extra) -> Path | None:
+    """One stage: the trainer on the recipe's data, with zoom, for `minutes` of wall time. None when the
+    stage ended with the weights it started from (the trainer then saves no new version)."""
     from napari_imedsam.model.registry import load_model
 
     from .data import load_dataset
@@ -188,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     target = BUNDLED if args.install else args.work / BUNDLED.name
     if args.from_stages is None:
         trained = _train("tiny", "full", data, args.minutes, args.seed, out, "demo", augment=True)
+        if trained is None:
+            raise SystemExit("the first stage did not beat the untrained model on its held-back samples")
         fine = _train(trained, "fine", data, args.fine_minutes, args.seed, out, "demo_fine")
         packaged = package(trained, fine, args.work / "stages_1_2.safetensors" if args.click_minutes else target,
                            counts, recipe)
@@ -196,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.click_minutes:  # clicks: the prompt path learns what a positive / negative click means
         clicked = _train(packaged, "full", data, args.click_minutes, args.seed, out, "demo_clicks", augment=True,
                          clicks=0.5, lr_encoder=1e-4, lr_decoder=3e-4, keep_start=False)
+        if clicked is None:
+            raise SystemExit("the click stage took no step: nothing to package")
         target = package_clicks(clicked, packaged, target, counts, recipe)
     print(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB)")
     return 0

@@ -94,7 +94,7 @@ class EpochRecord:
 
 @dataclass
 class TrainReport:
-    version_path: Path
+    version_path: Path | None  # None: the result is the starting weights, so no new version was saved
     before: dict
     after: dict
     history: list[EpochRecord] = field(default_factory=list)
@@ -104,7 +104,12 @@ class TrainReport:
     n_train: int = 0
     n_val: int = 0  # held-back samples "before" and "after" were measured on
     kept_base: bool = False  # no validation round beat the starting weights: they were kept
-    model: LoadedModel | None = None  # the trained model (a new one: `train` never changes its argument)
+    model: LoadedModel | None = None  # the resulting model (a new one: `train` never changes its argument)
+
+    @property
+    def saved(self) -> bool:
+        """Whether the run wrote a new version (not when it ended with the weights it started from)."""
+        return self.version_path is not None
 
     @property
     def summary(self) -> str:
@@ -211,6 +216,15 @@ def _header(loaded: LoadedModel, samples: list[Sample], options: TrainOptions, n
                                                  "prompt_clicks": loaded.prompt_clicks or options.clicks > 0}}
 
 
+def _agreed(flag: bool, world: int, device: torch.device) -> bool:
+    """Rank 0's `flag` on every rank (under DDP), so they all take the same branch."""
+    if world > 1:
+        shared = torch.tensor([int(flag)], device=device)
+        dist.broadcast(shared, src=0)
+        flag = bool(shared.item())
+    return flag
+
+
 def _save(loaded: LoadedModel, header: dict, out_dir: str | Path, name: str, mode: str, rank: int, world: int
           ) -> Path:
     """Write the result as a new version (rank 0; never overwriting one, rescued if the disk filled up);
@@ -233,6 +247,7 @@ def train(loaded: LoadedModel, samples: list[Sample], options: TrainOptions, out
     """Fit a copy of `loaded`, validate each epoch, keep the best weights (the starting ones included),
     save them as a new version and return them in the report (`report.model`); `loaded` itself is
     never changed (the copy shares its frozen tensors; `full` mode, which trains them all, copies all).
+    When the best weights are the starting ones, nothing is saved (`report.version_path` is None).
     `on_step(step, total)` reports progress; `should_stop()` and `max_seconds` are checked every step."""
     check_options(options)
     rank, world = distributed_rank()
@@ -299,9 +314,14 @@ def train(loaded: LoadedModel, samples: list[Sample], options: TrainOptions, out
     network.load_state_dict(best_state, strict=options.mode == "full")
     network.eval()
     after = evaluate(Predictor(loaded) if encode else predictor, val_set) if val_set else {}
-    header = _header(loaded, samples, options, len(train_set), len(val_set), before, after, command, cancelled,
-                     kept_base)
-    path = _save(loaded, header, out_dir, name, options.mode, rank, world)
+    # `kept_base`: no round replaced the starting snapshot (none beat it, or no step ran), so the
+    # result is the weights the run started from: a new version would only duplicate them.
+    path = None
+    if not _agreed(kept_base, world, loaded.device):
+        header = _header(loaded, samples, options, len(train_set), len(val_set), before, after, command, cancelled,
+                         kept_base)
+        path = _save(loaded, header, out_dir, name, options.mode, rank, world)
+        loaded = replace(loaded, adapter_version=str(path))
     return TrainReport(path, before, after, history, loop.step, time.perf_counter() - start, cancelled,
                        n_train=len(train_set), n_val=len(val_set), kept_base=kept_base and bool(val_set),
-                       model=replace(loaded, adapter_version=str(path)))
+                       model=loaded)

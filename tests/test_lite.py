@@ -214,7 +214,7 @@ def test_trainer_decoder_mode_fine_tunes_the_lite_heads(tmp_path, liver):
     loaded = load_model("litemedsam")
     samples = [Sample(image, truth, box_of_mask(truth), f"liver_{i}") for i in range(3)]
     report = train(loaded, samples, TrainOptions(mode="decoder", epochs=1, batch_size=2, n_points=256,
-                                                 val_fraction=0.34), tmp_path, name="lite")
+                                                 val_fraction=0.34, keep_start=False), tmp_path, name="lite")
     assert report.steps == 1 and report.version_path.is_file()
     reloaded = load_model("litemedsam", adapters=report.version_path)
     assert torch.equal(reloaded.network.coarse_inr.head.weight, report.model.network.coarse_inr.head.weight)

@@ -291,7 +291,8 @@ def test_fine_mode_trains_only_the_fine_inr_and_the_recipe_packages_both_stages(
 
 def test_fine_tuning_inherits_how_the_model_is_used_and_never_returns_worse(tmp_path):
     """The bundled demo model runs with zoom: training must measure and save it that way, and a run
-    that cannot beat the starting weights on the held-back samples keeps them."""
+    that cannot beat the starting weights on the held-back samples keeps them, and saves no new version
+    (it would be a copy of the weights it started from)."""
     from napari_imedsam.evaluation import evaluate
     from napari_imedsam.model.registry import load_model
 
@@ -306,11 +307,17 @@ def test_fine_tuning_inherits_how_the_model_is_used_and_never_returns_worse(tmp_
     assert report.before["dice"] == pytest.approx(expected_before)  # measured the way the user runs it
     assert report.n_val == len(val_set) and report.steps == 6
     assert report.kept_base and report.after["dice"] == pytest.approx(report.before["dice"])
+    assert report.version_path is None and not report.saved and not list((tmp_path / "out").rglob("v*"))
+    assert report.model.adapter_version == base.adapter_version and report.model.network is not base.network
+    start = base.network.state_dict()
+    assert all(torch.equal(v, start[k]) for k, v in report.model.network.state_dict().items())
+    assert "rough check" in report.summary  # fewer than 3 held back
+    options = TrainOptions(mode="decoder", steps=1, val_fraction=0.34, keep_start=False)  # a result to save
+    report = train(base, samples, options, tmp_path / "out")
     _, header = read_safetensors(report.version_path)
-    assert header["inference"]["zoom"] is True and header["kept_base"] is True
+    assert report.version_path.name == "v001.safetensors" and header["inference"]["zoom"] is True
     reloaded = load_model("demo", adapters=report.version_path)
     assert reloaded.zoom
-    assert "rough check" in report.summary  # fewer than 3 held back
 
 
 def test_next_click_is_inside_the_largest_error_region():

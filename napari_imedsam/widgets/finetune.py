@@ -2,7 +2,8 @@
 
 Training runs on a copy of the live model with the user's own inference settings (zoom, window)
 and reports "before -> after" on held-back accepted objects measured the same way; the starting
-weights compete with every validation round, so the loaded result is never worse on them.
+weights compete with every validation round, so the loaded result is never worse on them; a run that
+does not beat them saves no new version and leaves the live model as it was.
 """
 
 from __future__ import annotations
@@ -151,6 +152,10 @@ class FineTuner:
         from ..model.weights import trainable_state
 
         self.last_report = report
+        cancelled = " (cancelled early)" if report.cancelled else ""
+        if not report.saved:  # the result is the weights it started from: no version, the live model stays
+            self._nothing_new(report, cancelled)
+            return
         version = f"{report.version_path.parent.name}/{report.version_path.stem}"
         state = self.dock.state
         base = state.versions.get("base")
@@ -162,10 +167,18 @@ class FineTuner:
         state.versions[version] = base.with_adapters(trainable_state(report.model.network), str(report.version_path))
         self.dock.version_combo.choices = version_choices(state.versions)
         self.dock.version_combo.value = version  # switches to it (see use_version)
-        message = f"{report.summary}. Loaded {version}" + (" (cancelled early)" if report.cancelled else "")
+        message = f"{report.summary}. Loaded {version}{cancelled}"
+        (show_warning if report.n_val < 3 else show_info)(message)
+        self.dock.set_status(message)
+
+    def _nothing_new(self, report, cancelled: str) -> None:
+        """Training ended with the weights it started from: no new version was saved, nothing switches."""
+        message = f"{report.summary}. No new version saved{cancelled}"
         if report.kept_base and report.before.get("dice", 0.0) >= 0.999:  # the labels are the model's own output
-            message += (" (the same weights as before: the accepted masks match what the model predicts, so there "
-                        "was nothing to learn; correct them where the model is wrong, then fine-tune)")
+            message += (": the same weights as before, because the accepted masks match what the model predicts, "
+                        "so there was nothing to learn; correct them where the model is wrong, then fine-tune")
+        else:
+            message += f": the weights it started from are still the best; still using {self.dock.version_combo.value}"
         (show_warning if report.n_val < 3 else show_info)(message)
         self.dock.set_status(message)
 

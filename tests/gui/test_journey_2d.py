@@ -226,7 +226,8 @@ def test_mirror_averaging_from_the_dock_and_it_survives_a_model_reload(docked):
 
 def test_fine_tuning_on_uncorrected_masks_says_there_was_nothing_to_learn(docked, tmp_path):
     """Accepting the model's own masks unchanged and fine-tuning: the dock says the weights stayed the
-    same because the masks match the model, instead of only 'Loaded v001'."""
+    same because the masks match the model, and saves no new version (no copy of the weights it started
+    from in the folder, no duplicate entry in the version list, the live model unchanged)."""
     viewer, dock = docked
     image, boxes, labels, truth, names = thorax(viewer, dock)
     for structure in ("aorta_000", "heart_ventricle_left_000", "vertebrae_T9_000"):
@@ -234,10 +235,16 @@ def test_fine_tuning_on_uncorrected_masks_says_there_was_nothing_to_learn(docked
     dock.accept_button.clicked()
     dock.workdir.value = str(tmp_path / "work")
     dock.steps.value = 10
+    choices, version, model = list(dock.version_combo.choices), dock.version_combo.value, dock.state.model
     dock.finetune_button.clicked()
     dock.wait_until_idle(300000)
     report = dock.tuner.last_report
     assert report is not None, dock.status_text()
+    written = sorted((tmp_path / "work" / "adapters").rglob("*.safetensors"))
+    if report.kept_base:  # the result is the starting weights: nothing saved, nothing switched
+        assert written == [] and report.version_path is None, written
+        assert list(dock.version_combo.choices) == choices and dock.version_combo.value == version
+        assert dock.state.model is model and "No new version saved" in dock.status_text(), dock.status_text()
     if report.kept_base and report.before["dice"] >= 0.999:
         assert "nothing to learn" in dock.status_text(), dock.status_text()
     else:  # the model's own masks, re-predicted from the exported boxes, can differ slightly: then no claim

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from napari_imedsam.inference.boxes import box_of_mask
 from napari_imedsam.inference.predictor import Predictor
@@ -67,22 +68,27 @@ def test_propagate_review_accept_fine_tune_and_back_to_base(docked, tmp_path, mo
     dock.wait_until_idle()
     assert dock.current_slice() != 12 and "number 2 of" in dock.status_text(), dock.status_text()
 
-    # accept some slices, fine-tune with one click
+    # the user outlines with a 2-pixel rim (a convention the model does not follow): correct some slices
+    # so, accept them, fine-tune with one click. (The model's own masks, uncorrected, would teach it
+    # nothing and save no version: see test_journey_2d.)
     workdir = tmp_path / "work"
     dock.workdir.value = str(workdir)
     accepted = (14, 16, 18, 20, 22, 24)
+    convention = ndimage.binary_dilation(truth, np.ones((1, 5, 5), bool))
     for z in accepted:
         dock.go_to_slice(z)
+        rows, cols = np.nonzero(convention[z] & (labels.data[z] != 1))
+        labels.data_setitem((np.full(rows.size, z), rows, cols), 1)  # napari's own paint path
         dock.accept_button.clicked()
     model = dock.state.model  # the session fixture's handle: fine-tuning and versions never change it
     base_state = {k: v.clone() for k, v in model.network.state_dict().items()}
     others = [z for z in range(8, 33, 3) if z not in accepted]
     window = dock.session().window
 
-    def unaccepted_dice() -> float:
+    def unaccepted_dice() -> float:  # against the user's convention, on slices training never saw
         predictor = Predictor(dock.state.model)
         return float(np.mean([dice(predictor.predict(image.data[z], box_of_mask(truth[z]), window=window)
-                                   .refined_mask, truth[z]) for z in others]))
+                                   .refined_mask, convention[z]) for z in others]))
 
     base_dice = unaccepted_dice()
     base_prediction = Predictor(model).predict(image.data[30], box_of_mask(truth[30]), window=window)
@@ -106,7 +112,7 @@ def test_propagate_review_accept_fine_tune_and_back_to_base(docked, tmp_path, mo
     assert set(saved) == trainable and all(torch.equal(tuned_state[k], v) for k, v in saved.items())
     tuned_dice = unaccepted_dice()
     print(f"fine-tuned: Dice on unaccepted slices {base_dice:.4f} -> {tuned_dice:.4f}; {report.summary}")
-    assert tuned_dice >= base_dice - 0.01
+    assert tuned_dice > base_dice  # it learned the convention (0.90 -> 0.94 when written)
 
     dock.version_combo.value = "base"  # switch back: the base handle itself, predictions bit-identical
     assert dock.state.model is model and dock.state.predictor.model is model
