@@ -3,8 +3,9 @@
 The CT abdomen sample is resized to each `--sizes` entry; one tight box on the liver, one positive
 click in a region the model missed. Per size: the box's prediction (`box_ms`), the same with the
 click (`box_click_ms`), and the click's correction alone (`click_ms`: the random walker and the
-slice's window applied to the walker's window only, `Predictor._apply_clicks`), as medians, with
-`click_over_box` = click_ms / box_ms.
+click refiner, with the slice's window applied to their windows only, `Predictor._apply_clicks`), as
+medians, with `click_over_box` = click_ms / box_ms; `walker_click_ms` is the same click without the
+click refiner (`click_over_walker`: what the refiner adds).
 
     python benchmarks/bench_click_latency.py [--sizes 512,2048,4096] [--repeats 5] [--json]
 """
@@ -49,9 +50,12 @@ def measure(predictor: Predictor, size: int, repeats: int) -> dict:
     resolved = predictor._intensity_range((content_digest(big), None, IntensityWindow().cache_token()), big, None)
     box_ms = median_ms(lambda: predictor.predict(big, box), repeats)
     box_click_ms = median_ms(lambda: predictor.predict(big, box, points=points), repeats)
-    click_ms = median_ms(lambda: predictor._apply_clicks(plain, big, points, resolved), repeats)
+    click_ms = median_ms(lambda: predictor._apply_clicks(plain, big, box, points, resolved), repeats)
+    walker = Predictor(predictor.model, click_refiner=False)  # the same click without the click refiner
+    walker_ms = median_ms(lambda: walker._apply_clicks(plain, big, box, points, resolved), repeats)
     return {"size": size, "box_ms": round(box_ms, 1), "box_click_ms": round(box_click_ms, 1),
-            "click_ms": round(click_ms, 1), "click_over_box": round(click_ms / box_ms, 3)}
+            "click_ms": round(click_ms, 1), "click_over_box": round(click_ms / box_ms, 3),
+            "walker_click_ms": round(walker_ms, 1), "click_over_walker": round(click_ms / walker_ms, 2)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -69,7 +73,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         for row in rows:
             print(f"{row['size']}^2: box {row['box_ms']:.0f} ms, box + click {row['box_click_ms']:.0f} ms, "
-                  f"click alone {row['click_ms']:.0f} ms ({row['click_over_box']:.2f} of the box)")
+                  f"click alone {row['click_ms']:.0f} ms ({row['click_over_box']:.2f} of the box; "
+                  f"{row['walker_click_ms']:.0f} ms without the click refiner)")
 
 
 if __name__ == "__main__":

@@ -2,10 +2,13 @@
 
     python benchmarks/bench_clicks.py --images DIR --masks DIR [--model demo] [--corrector FILE]
                                       [--max-clicks 10] [--limit N] [--mirror] [--json]
+                                      [--click-refiner bundled|none|FILE]
 
 Box first; then each click goes to the centre of the largest remaining error region (positive in a
 miss, negative in a false alarm: `napari_imedsam.evaluation.next_click`), with the box and all
-earlier clicks, up to `--max-clicks`. Printed: mean Dice after 0, 1, 3, 5 clicks (`dice_at_clicks`,
+earlier clicks, up to `--max-clicks`. Each click is the walker's local correction extended by the
+model's click refiner (`--click-refiner`); with a refiner, the walker alone is measured in the same run
+too (`walker_` keys). Printed: mean Dice after 0, 1, 3, 5 clicks (`dice_at_clicks`,
 a finished image keeps its Dice), NoC@85 and NoC@90 (mean clicks to reach that Dice; `max_clicks`
 when never). With `--corrector`, the same user may instead accept one suggestion of the Dual False
 Corrector per step (the region that helps most, when one helps): `corrector_` keys.
@@ -73,6 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--masks", required=True)
     parser.add_argument("--model", default="demo")
     parser.add_argument("--corrector", default=None, help="a Dual False Corrector file for the model")
+    parser.add_argument("--click-refiner", default="bundled",
+                        help="bundled (the one shipped with the model, if any), none (the walker alone), or a file")
     parser.add_argument("--max-clicks", type=int, default=10)
     parser.add_argument("--limit", type=int, default=0, help="first N images only (0: all)")
     parser.add_argument("--mirror", action="store_true", help="the box's prediction averaged over mirror images")
@@ -81,12 +86,19 @@ def main(argv: list[str] | None = None) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         loaded = load_model(args.model)
+    if args.click_refiner != "bundled":
+        loaded = loaded.with_click_refiner(None if args.click_refiner == "none" else args.click_refiner)
     predictor = Predictor(loaded, mirror=args.mirror)
     samples = load_folder(args.images, args.masks)
     samples = [s for s in samples if ndimage.label(s.mask)[1] > 0]
     samples = samples[:args.limit] if args.limit else samples
-    row = {"model": args.model, "mirror": args.mirror, "n": len(samples), "max_clicks": args.max_clicks}
+    refiner = "none" if loaded.click_refiner is None else args.click_refiner
+    row = {"model": args.model, "mirror": args.mirror, "click_refiner": refiner, "n": len(samples),
+           "max_clicks": args.max_clicks}
     row.update(click_summary([simulate(predictor, s, args.max_clicks) for s in samples], args.max_clicks))
+    if loaded.click_refiner is not None:  # the walker alone, side by side in the same run
+        walker = Predictor(loaded, mirror=args.mirror, click_refiner=False)
+        row.update(click_summary([simulate(walker, s, args.max_clicks) for s in samples], args.max_clicks, "walker_"))
     if args.corrector:
         from napari_imedsam.model.corrector import load_corrector
 

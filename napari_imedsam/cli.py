@@ -19,6 +19,7 @@ from .cli_checks import (
     positive_input_size,
     show_warning,
 )
+from .cli_stages import SECOND_STAGES
 from .inference.predictor import Predictor
 from .inference.preprocess import CT_PRESETS, MR_PERCENTILES, InputError, IntensityWindow
 from .interrupts import StopOnInterrupt, world_size
@@ -90,6 +91,15 @@ def cmd_info(args: argparse.Namespace) -> int:
           f"frequency adapter ({enc.fa_spectrum}, hidden {enc.fa_hidden})")
     print(f"decoder      coarse INR {list(dec.coarse_hidden)} (dropout {dec.dropout}, T={dec.mc_passes}), "
           f"fine INR {list(dec.fine_hidden)}, UGS top {dec.refine_fraction:.1%}")
+    refiner = loaded.click_refiner
+    if refiner is None:
+        print("clicks       random walker around each click (no click refiner)")
+    else:
+        scores = {k: refiner.header.get(key, {}).get("dice_3") for k, key in (("walker", "metrics_before"),
+                                                                                ("refined", "metrics"))}
+        measured = (f"; its held-back Dice after 3 clicks {scores['walker']:.4f} -> {scores['refined']:.4f}"
+                    if None not in scores.values() else "")
+        print(f"clicks       random walker around each click, extended by the click refiner{measured}")
     print("trainable parameters by component:")
     total = 0
     for group, params in net.parameter_groups().items():
@@ -174,45 +184,11 @@ def _init_distributed() -> int:
     return dist.get_rank()
 
 
-def cmd_train_corrector(args: argparse.Namespace) -> int:
-    """`train --mode corrector`: the Dual False Corrector on a frozen model (OUT/correctors/NAME/vNNN)."""
-    from src_train.corrector import CorrectorOptions, train_corrector
-    from src_train.data import load_dataset
-    from src_train.trainer import check_name
-
-    if args.max_seconds is not None and not args.max_seconds > 0:
-        raise InputError(f"max-seconds must be a positive number of seconds, got {args.max_seconds!r}")
-    if not 0.0 <= args.val_fraction < 1.0:
-        raise InputError(f"val-fraction must be in [0, 1), got {args.val_fraction!r}")
-    if args.steps < 1:
-        raise InputError(f"steps must be a whole number of at least 1, got {args.steps!r}")
-    check_name(args.name)
-    options = CorrectorOptions(steps=args.steps, seed=args.seed, val_fraction=args.val_fraction,
-                               max_seconds=args.max_seconds)
-    samples = load_dataset(args.data)
-    loaded = _load(args)
-    print(f"training a corrector for {loaded.model_id} on {len(samples)} samples from {args.data}")
-    def progress(step: int, total: int) -> None:
-        if step % options.validate_every == 0 or step == total:
-            print(f"  step {step:5d} of {total}", flush=True)
-
-    with StopOnInterrupt() as interrupted:
-        report = train_corrector(loaded, samples, options, args.out, name=args.name, should_stop=interrupted,
-                                 on_step=progress, command="imedsam " + " ".join(sys.argv[1:]))
-    before, after = report.before.get("dice"), report.after.get("dice")
-    if before is not None and after is not None:
-        print(f"held-back Dice: refined {before:.4f} -> corrected {after:.4f}"
-              + ("" if report.helps else " (no validation round beat the refined mask: saved for inspection, "
-                 "flagged helps=false; the dock warns when it loads it)"))
-    print(f"saved {report.path}")
-    return 0
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     import hashlib
 
-    if args.mode == "corrector":
-        return cmd_train_corrector(args)
+    if args.mode in SECOND_STAGES:
+        return SECOND_STAGES[args.mode](args, _load(args))
 
     from src_train.data import load_dataset
     from src_train.trainer import EpochRecord, TrainOptions, check_name, check_options, train
@@ -332,13 +308,16 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="fine-tune on an export or an images/ + masks/ folder")
     _add_model_args(train)
     train.add_argument("--data", required=True, help="export folder (prompts.jsonl) or folder with images/, masks/")
-    train.add_argument("--mode", default="decoder", choices=["decoder", "adapters", "full", "fine", "corrector"],
+    train.add_argument("--mode", default="decoder",
+                       choices=["decoder", "adapters", "full", "fine", "corrector", "clicks"],
                        help="decoder (CPU default), adapters (LoRA + FA + decoder), full (every weight), "
-                            "fine (the fine INR alone), corrector (a Dual False Corrector on the frozen model)")
+                            "fine (the fine INR alone), corrector (a Dual False Corrector on the frozen model), "
+                            "clicks (a click refiner on the frozen model, from simulated users)")
     train.add_argument("--out", required=True, help="output folder; versions go to OUT/adapters/NAME/vNNN")
     train.add_argument("--name", default="default")
     train.add_argument("--epochs", type=int, default=20)
-    train.add_argument("--steps", type=int, default=1500, help="optimizer steps (corrector mode)")
+    train.add_argument("--steps", type=int, default=None,
+                       help="optimizer steps (corrector mode: default 1500; clicks mode: default 3000)")
     train.add_argument("--max-seconds", type=float, default=None)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--batch-size", type=int, default=4)

@@ -101,14 +101,16 @@ def test_the_predictor_applies_clicks_on_a_real_image_without_re_encoding():
     image, labels, names = load_ct_slice(CT_SAMPLES["ct_abdomen"])
     truth = labels == names.index("liver_000") + 1
     box = box_of_mask(truth)
-    predictor = Predictor(load_model("demo", device="cpu"))
+    loaded = load_model("demo", device="cpu")
+    predictor = Predictor(loaded, click_refiner=False)  # the walker alone: a correction where the click lands
     assert not predictor.prompt_clicks  # the bundled model was trained with boxes only
     plain = predictor.predict(image, box)
     mask = plain.refined_mask
     wrong = np.argwhere(truth & ~mask)
     row, col = wrong[len(wrong) // 2]
+    click = np.array([[col, row, 1.0]])
     misses = predictor.cache.misses
-    clicked = predictor.predict(image, box, points=np.array([[col, row, 1.0]]))
+    clicked = predictor.predict(image, box, points=click)
     assert predictor.cache.misses == misses  # the crop's embedding was reused
     assert clicked.refined_mask[row, col]
     assert dice(clicked.refined_mask, truth) >= dice(mask, truth)
@@ -117,8 +119,18 @@ def test_the_predictor_applies_clicks_on_a_real_image_without_re_encoding():
     # normalising only the walker's window gives exactly what the whole normalised slice gives
     from napari_imedsam.inference.preprocess import normalize_intensity
 
-    whole = correct_with_clicks(plain.refined_prob, normalize_intensity(image, None), np.array([[col, row, 1.0]]))
+    whole = correct_with_clicks(plain.refined_prob, normalize_intensity(image, None), click)
     np.testing.assert_array_equal(clicked.refined_prob, whole)
+
+    # with demo's click refiner (the default): the correction reaches along the mistake, within its window
+    from napari_imedsam.inference.click_refine import refiner_window
+
+    refined = Predictor(loaded).predict(image, box, points=click)
+    assert refined.refined_mask[row, col] and dice(refined.refined_mask, truth) >= dice(clicked.refined_mask, truth)
+    r0, r1, c0, c1 = refiner_window(box, click, truth.shape, loaded.click_refiner.config)
+    outside = np.ones(truth.shape, bool)
+    outside[r0:r1, c0:c1] = False
+    np.testing.assert_array_equal(refined.refined_prob[outside], clicked.refined_prob[outside])
 
 
 def test_clicks_reach_the_prompt_encoder_only_for_weights_trained_with_them():

@@ -10,7 +10,8 @@ edges and leaves the rest of the mask exactly as the model drew it. Clicks apply
 were made, each to the mask the earlier ones left (a second click in a false region is measured
 against what the first one already removed, not against the model's mask: measured that way, it
 could free, and wipe out, most of the object). The result is a function of the box's prediction and
-the ordered list of clicks (stateless: undoing a click recomputes it).
+the ordered list of clicks (stateless: undoing a click recomputes it). A model's click refiner
+(`click_refine`), when it has one, runs after each step to carry the correction along the mistake.
 
 `grow` = 2 and `beta` = 130 (scikit-image's default) were chosen on training images of the bundled
 model (`benchmarks/bench_clicks.py` on subsets of its recipe's training set), never on the
@@ -85,12 +86,15 @@ def _window(wrong: list[ClickRegion], shape: tuple[int, int]) -> Window:
 
 
 def correct_with_clicks(probability: np.ndarray, image01: np.ndarray | Callable[[Window], np.ndarray],
-                        points: np.ndarray | None, beta: float = BETA) -> np.ndarray:
+                        points: np.ndarray | None, beta: float = BETA,
+                        refine: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """The object probability after the clicks: `probability` (H, W) where the clicks agree with it
     or are far away, the random walker's object probability around each click it contradicts.
     `image01` is the (H, W) or (H, W, C) image in [0, 1], or a function giving the part of it in a
     (row0, row1, col0, col1) window (only the windows the walker works in are asked for); `points`
-    (N, 3) rows of (x, y, positive), in the order they were made."""
+    (N, 3) rows of (x, y, positive), in the order they were made. `refine(probability, clicks so far)`,
+    when given, runs after each walker step that changed something (the click refiner: it extends the
+    click's correction along the mistake it landed in; see `click_refine`)."""
     probability = np.asarray(probability, dtype=np.float32)
     if points is None or len(points) == 0:
         return probability
@@ -98,11 +102,14 @@ def correct_with_clicks(probability: np.ndarray, image01: np.ndarray | Callable[
     read = image01 if callable(image01) else (lambda w: np.asarray(image01)[w[0]:w[1], w[2]:w[3]])
     corrected = probability
     for count in range(1, len(points) + 1):  # each click corrects the mask the earlier ones left
-        corrected = _correct_once(corrected, read, points[:count], beta)
+        stepped = correct_step(corrected, read, points[:count], beta)
+        if refine is not None and stepped is not corrected:  # a click the mask agreed with changes nothing
+            stepped = refine(stepped, points[:count])
+        corrected = stepped
     return corrected
 
 
-def _correct_once(probability: np.ndarray, read: Callable[[Window], np.ndarray], points: np.ndarray,
+def correct_step(probability: np.ndarray, read: Callable[[Window], np.ndarray], points: np.ndarray,
                   beta: float) -> np.ndarray:
     """One step: every click a seed, the ones contradicting `probability`'s mask freed around them."""
     from skimage.segmentation import random_walker  # scikit-image is heavy: imported on the first click

@@ -15,6 +15,7 @@ from ..model.imedsam import BoxPrompt, IMedSAM
 from ..model.inr import CoarseOutput, refine_count
 from ..model.registry import LoadedModel
 from .boxes import box_with_clicks, validate_clicks
+from .click_refine import refine_after_click
 from .clicks import correct_with_clicks
 from .crops import CropMemory
 from .embedding_store import Embedding, EmbeddingStore
@@ -102,8 +103,11 @@ class Predictor:
     def __init__(self, model: LoadedModel, cache: EmbeddingStore | None = None, margin: float = 0.1,
                  coarse_cells: int = 48, seed: int = 0, zoom: bool | None = None,
                  zoom_margin: float | None = None, crop_tolerance: float = 0.0,
-                 prompt_clicks: bool | None = None, mirror: bool = False) -> None:
+                 prompt_clicks: bool | None = None, mirror: bool = False, click_refiner: bool | None = None) -> None:
         self.model = model
+        # The click refiner shipped or loaded with the weights extends each click's correction
+        # (`click_refine`); `click_refiner=False` leaves clicks to the walker alone.
+        self.click_refiner = model.click_refiner if click_refiner in (None, True) else None
         self.mirror = mirror  # average each box over the slice and its three mirror images (see `mirror`)
         # Clicks go to the network's prompt encoder only for weights trained with click prompts
         # (header `inference.prompt_clicks`); a box-only model's reaction to them costs Dice.
@@ -194,28 +198,33 @@ class Predictor:
             result = mirrored(predict_box, image, box, prompt_points)
         else:
             result = predict_box(image, box, prompt_points, where)
-        return self._apply_clicks(result, image, points, resolved)
+        return self._apply_clicks(result, image, box, points, resolved)
 
-    @staticmethod
-    def _apply_clicks(result: Prediction, image: np.ndarray, points: np.ndarray | None,
+    def _apply_clicks(self, result: Prediction, image: np.ndarray, box: np.ndarray, points: np.ndarray | None,
                       resolved: IntensityRange | None) -> Prediction:
-        """The clicks' local, edge-aware correction of the refined probability (see `clicks`); `points`
-        as `validate_clicks` returns them; `resolved` the slice's window (set whenever there are clicks). Only
-        the part of the slice the correction reads is normalised."""
+        """The clicks' local, edge-aware correction of the refined probability (see `clicks`), extended by
+        the click refiner when there is one; `points` as `validate_clicks` returns them; `resolved` the
+        slice's window (set whenever there are clicks). Only the part of the slice they read is normalised."""
         if points is None:
             return result
         out_hw = result.refined_prob.shape
-        if out_hw != image.shape[:2]:  # clicks and image onto the output grid (pixel centres to centres)
+        if out_hw != image.shape[:2]:  # clicks, box and image onto the output grid (pixel centres to centres)
             from skimage.transform import resize
 
             image01 = resolved.apply(image)
             sy, sx = out_hw[0] / image01.shape[0], out_hw[1] / image01.shape[1]
             points = np.column_stack([(points[:, 0] + 0.5) * sx - 0.5, (points[:, 1] + 0.5) * sy - 0.5, points[:, 2]])
+            box = np.asarray(box, dtype=np.float64) * [sx, sy, sx, sy]
             image01 = resize(image01, (*out_hw, image01.shape[2]), order=1, anti_aliasing=True)
-            return replace(result, refined_prob=correct_with_clicks(result.refined_prob, image01, points))
-        corrected = correct_with_clicks(result.refined_prob,  # the walker reads only its windows
-                                        lambda w: resolved.apply(image[w[0]:w[1], w[2]:w[3]]), points)
-        return replace(result, refined_prob=corrected)
+            read = lambda w: image01[w[0]:w[1], w[2]:w[3]]  # noqa: E731
+        else:  # the walker and the refiner read only their windows
+            read = lambda w: resolved.apply(image[w[0]:w[1], w[2]:w[3]])  # noqa: E731
+        refine = None
+        if self.click_refiner is not None:
+            def refine(walked: np.ndarray, clicks: np.ndarray) -> np.ndarray:
+                return refine_after_click(self.click_refiner, walked, result.refined_prob, result.uncertainty,
+                                          read, box, clicks)
+        return replace(result, refined_prob=correct_with_clicks(result.refined_prob, read, points, refine=refine))
 
     def _predict_zoomed(self, image: np.ndarray, box: np.ndarray, resolved: IntensityRange,
                         output_size: tuple[int, int] | None, where: tuple, dense: bool,

