@@ -316,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="output folder; versions go to OUT/adapters/NAME/vNNN")
     train.add_argument("--name", default="default")
     train.add_argument("--epochs", type=int, default=20)
+    train.add_argument("--rounds", type=int, default=2,
+                       help="clicks mode: rounds of simulated users (each later round clicks on the refiner so far)")
     train.add_argument("--steps", type=int, default=None,
                        help="optimizer steps (corrector mode: default 1500; clicks mode: default 3000)")
     train.add_argument("--max-seconds", type=float, default=None)

@@ -55,7 +55,9 @@ def run_clicks(args: argparse.Namespace, loaded) -> int:
     from src_train.data import load_dataset
 
     _check_common(args)
-    options = ClickRefinerOptions(steps=args.steps or ClickRefinerOptions.steps, seed=args.seed,
+    if args.rounds < 1:
+        raise InputError(f"rounds must be a whole number of at least 1, got {args.rounds!r}")
+    options = ClickRefinerOptions(steps=args.steps or ClickRefinerOptions.steps, rounds=args.rounds, seed=args.seed,
                                   val_fraction=args.val_fraction, max_seconds=args.max_seconds)
     samples = load_dataset(args.data)
     print(f"training a click refiner for {loaded.model_id} on {len(samples)} samples from {args.data}")

@@ -142,3 +142,6 @@ def test_cli_trains_a_click_refiner(tmp_path, capsys):
     assert main(["train", "--model", "tiny", "--mode", "clicks", "--data", str(tmp_path), "--steps", "0",
                  "--out", str(tmp_path / "out")]) == 2
     assert "steps must be a whole number" in capsys.readouterr().err
+    assert main(["train", "--model", "tiny", "--mode", "clicks", "--data", str(tmp_path), "--rounds", "0",
+                 "--out", str(tmp_path / "out")]) == 2
+    assert "rounds must be a whole number" in capsys.readouterr().err

@@ -146,7 +146,7 @@ class LoadedModel:
         as it is."""
         from .click_refiner import load_click_refiner
 
-        return replace(self, click_refiner=None if source is None else load_click_refiner(source))
+        return replace(self, click_refiner=None if source is None else load_click_refiner(source).to(self.device))
 
     def with_uncertainty(self, kind: str) -> LoadedModel:
         """The same weights (shared, not copied) scoring uncertainty as `kind` ("predictive" or
