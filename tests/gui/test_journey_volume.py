@@ -39,7 +39,7 @@ def box_and_propagate(viewer, dock, image, truth):
     return labels
 
 
-def test_propagate_review_accept_fine_tune_and_back_to_base(docked, tmp_path, monkeypatch):
+def test_propagate_review_accept_fine_tune_and_back_to_base(docked, tmp_path):
     viewer, dock = docked
     image, boxes, labels, truth = phantom(viewer, dock)
     labels = box_and_propagate(viewer, dock, image, truth)
