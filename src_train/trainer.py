@@ -313,7 +313,10 @@ def train(loaded: LoadedModel, samples: list[Sample], options: TrainOptions, out
     loop.finish()
     network.load_state_dict(best_state, strict=options.mode == "full")
     network.eval()
-    after = evaluate(Predictor(loaded) if encode else predictor, val_set) if val_set else {}
+    if kept_base:  # the starting weights are back: `before` measured exactly these (no second pass)
+        after = dict(before)
+    else:
+        after = evaluate(Predictor(loaded) if encode else predictor, val_set) if val_set else {}
     # `kept_base`: no round replaced the starting snapshot (none beat it, or no step ran), so the
     # result is the weights the run started from: a new version would only duplicate them.
     path = None
