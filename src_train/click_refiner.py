@@ -32,8 +32,8 @@ from napari_imedsam.inference.windows import intensity_range
 from napari_imedsam.model.click_refiner import ClickRefiner, ClickRefinerConfig, save_click_refiner
 from napari_imedsam.model.registry import LoadedModel
 
-from .data import Sample, manifest_sha256, split
-from .output import prepare_output, save_result
+from .data import Sample, split
+from .output import prepare_output, save_result, second_stage_header
 
 SCORED_CLICKS = (1, 3, 5)  # validation: mean Dice after these many clicks
 
@@ -233,9 +233,7 @@ def train_click_refiner(loaded: LoadedModel, samples: list[Sample], options: Cli
         refiner.load_state_dict(best_state)
     elif val_cases:  # nothing beat the walker alone: the file holds the last weights, so say what they score
         best = validate(refiner, val_cases, options.max_clicks)
-    header = {"base_model": loaded.model_id, "base_sha256": loaded.weights_sha256, "command": command,
-              "data_manifest_sha256": manifest_sha256(samples), "n_train": len(train_set), "n_val": len(val_set),
-              "metrics_before": before, "metrics": best, "helps": helps, "steps": step,
-              "options": {k: v for k, v in vars(options).items() if k != "config"}}
+    header = second_stage_header(loaded, samples, len(train_set), len(val_set), before, best, helps, step,
+                                 options, command)
     path = save_result(folder, lambda target, **kw: save_click_refiner(refiner.eval(), target, header))
     return ClickRefinerReport(path, before, best, step, time.perf_counter() - start, helps)

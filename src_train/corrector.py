@@ -28,8 +28,8 @@ from napari_imedsam.inference.predictor import Predictor
 from napari_imedsam.model.corrector import CorrectorConfig, DualFalseCorrector, resample, save_corrector
 from napari_imedsam.model.registry import LoadedModel
 
-from .data import Sample, manifest_sha256, split
-from .output import prepare_output, save_result
+from .data import Sample, split
+from .output import prepare_output, save_result, second_stage_header
 from .points import jitter_box
 
 _clock = time.perf_counter  # seconds, for `max_seconds` (a module attribute: tests replace it)
@@ -187,9 +187,7 @@ def train_corrector(loaded: LoadedModel, samples: list[Sample], options: Correct
         corrector.load_state_dict(best_state)
     elif val_examples:  # nothing beat "no correction": the file holds the last weights, so say what they score
         best_after = validate(corrector, val_examples)[1]
-    header = {"base_model": loaded.model_id, "base_sha256": loaded.weights_sha256, "command": command,
-              "data_manifest_sha256": manifest_sha256(samples), "n_train": len(train_set), "n_val": len(val_set),
-              "metrics_before": before, "metrics": best_after, "helps": helps,
-              "steps": step, "options": {k: v for k, v in vars(options).items() if k != "config"}}
+    header = second_stage_header(loaded, samples, len(train_set), len(val_set), before, best_after, helps, step,
+                                 options, command)
     path = save_result(folder, lambda target, **kw: save_corrector(corrector.eval(), target, header))
     return CorrectorReport(path, before, best_after, step, _clock() - start, helps)

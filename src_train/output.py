@@ -168,6 +168,18 @@ def prepare_output(out_dir: str | os.PathLike, name: str, needed_bytes: int, kin
     return folder
 
 
+def second_stage_header(loaded, samples: list, n_train: int, n_val: int, before: dict, after: dict, helps: bool,
+                        steps: int, options, command: str) -> dict:
+    """The header of a second stage trained on a frozen model (corrector, click refiner): its base, data,
+    what validation measured before and with it, and its options (its network config goes separately)."""
+    from .data import manifest_sha256
+
+    return {"base_model": loaded.model_id, "base_sha256": loaded.weights_sha256, "command": command,
+            "data_manifest_sha256": manifest_sha256(samples), "n_train": n_train, "n_val": n_val,
+            "metrics_before": before, "metrics": after, "helps": helps, "steps": steps,
+            "options": {k: v for k, v in vars(options).items() if k != "config"}}
+
+
 def save_result(folder: Path, write: Callable[..., Path]) -> Path:
     """Save a run's result as a new version; if that fails (disk filled up during the run, folder
     removed), save it to the system's temporary folder instead and say where: never lose a run."""

@@ -103,11 +103,11 @@ class Predictor:
     def __init__(self, model: LoadedModel, cache: EmbeddingStore | None = None, margin: float = 0.1,
                  coarse_cells: int = 48, seed: int = 0, zoom: bool | None = None,
                  zoom_margin: float | None = None, crop_tolerance: float = 0.0,
-                 prompt_clicks: bool | None = None, mirror: bool = False, click_refiner: bool | None = None) -> None:
+                 prompt_clicks: bool | None = None, mirror: bool = False, click_refiner: bool = True) -> None:
         self.model = model
         # The click refiner shipped or loaded with the weights extends each click's correction
         # (`click_refine`); `click_refiner=False` leaves clicks to the walker alone.
-        self.click_refiner = model.click_refiner if click_refiner in (None, True) else None
+        self.click_refiner = model.click_refiner if click_refiner else None
         self.mirror = mirror  # average each box over the slice and its three mirror images (see `mirror`)
         # Clicks go to the network's prompt encoder only for weights trained with click prompts
         # (header `inference.prompt_clicks`); a box-only model's reaction to them costs Dice.

@@ -77,4 +77,12 @@ def default_model() -> str:
     return "demo" if (PACKAGE_DIR / "weights" / DEMO_FILE).is_file() else "sam_vit_b"
 
 
+def bundled_companion(model_name: str, kind: str) -> Path | None:
+    """The file a registry model ships for `kind` (`"corrector"`, `"click_refiner"`: a `ModelSpec`
+    field naming a file in the weights folder), if it names one and the file is installed."""
+    filename = getattr(REGISTRY.get(model_name), kind, None)
+    path = PACKAGE_DIR / "weights" / filename if filename else None
+    return path if path is not None and path.is_file() else None
+
+
 MODEL_NAMES: list[str] = list(REGISTRY)

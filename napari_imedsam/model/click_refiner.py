@@ -71,9 +71,9 @@ def save_click_refiner(refiner: ClickRefiner, path, header: dict) -> object:
     """Write the refiner's tensors and a header (its config, the base model it was trained on) atomically."""
     from .weights import atomic_save_safetensors
 
-    config = {**refiner.config.to_dict(), "widths": list(refiner.config.widths)}
     return atomic_save_safetensors(refiner.state_dict(), path, {**header, "kind": "click_refiner",
-                                                                "click_refiner": config}, overwrite=False)
+                                                                "click_refiner": refiner.config.to_dict()},
+                                   overwrite=False)
 
 
 def load_click_refiner(path) -> ClickRefiner:
@@ -97,10 +97,7 @@ def load_click_refiner(path) -> ClickRefiner:
 
 def bundled_click_refiner(model_name: str) -> ClickRefiner | None:
     """The click refiner shipped for a registry model (`ModelSpec.click_refiner`), if any."""
-    from .catalog import PACKAGE_DIR, REGISTRY
+    from .catalog import bundled_companion
 
-    spec = REGISTRY.get(model_name)
-    filename = getattr(spec, "click_refiner", None)
-    if not filename or not (PACKAGE_DIR / "weights" / filename).is_file():
-        return None
-    return load_click_refiner(PACKAGE_DIR / "weights" / filename)
+    path = bundled_companion(model_name, "click_refiner")
+    return None if path is None else load_click_refiner(path)

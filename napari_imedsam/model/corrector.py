@@ -133,10 +133,7 @@ def load_corrector(path, base_sha256: str | None = None) -> DualFalseCorrector:
 
 def bundled_corrector(model_name: str, base_sha256: str) -> DualFalseCorrector | None:
     """The corrector shipped for a registry model (`ModelSpec.corrector`), if any and if it matches."""
-    from .catalog import PACKAGE_DIR, REGISTRY
+    from .catalog import bundled_companion
 
-    spec = REGISTRY.get(model_name)
-    filename = getattr(spec, "corrector", None)
-    if not filename or not (PACKAGE_DIR / "weights" / filename).is_file():
-        return None
-    return load_corrector(PACKAGE_DIR / "weights" / filename, base_sha256=base_sha256)
+    path = bundled_companion(model_name, "corrector")
+    return None if path is None else load_corrector(path, base_sha256=base_sha256)

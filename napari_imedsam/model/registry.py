@@ -260,7 +260,7 @@ def load_model(
         raise CheckpointError(f"{key}: {exc}") from None
     network.requires_grad_(False)
     network.to(torch_device)
-    refiner = bundled_click_refiner(key) if key in REGISTRY else None
+    refiner = bundled_click_refiner(key)
     loaded = LoadedModel(network.eval(), key, sha, device=torch_device,
                          click_refiner=None if refiner is None else refiner.to(torch_device), **inference)
     return loaded if adapters is None else loaded.with_adapters(adapters)
