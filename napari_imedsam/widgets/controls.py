@@ -56,6 +56,9 @@ def build(self: IMedSAMWidget) -> None:
     self.device_combo = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"])
     self.adapters = FileEdit(label="adapters", filter="*.safetensors", nullable=True, value=None)
     self.corrector_file = FileEdit(label="corrector", filter="*.safetensors", nullable=True, value=None)
+    self.refiner_file = FileEdit(label="click refiner", filter="*.safetensors", nullable=True, value=None,
+                                 tooltip="a click refiner you trained (imedsam train --mode clicks); empty: the "
+                                         "one bundled with the model, if any")
     self.load_button = PushButton(text="Load model")
     self.window_combo = ComboBox(label="intensity", choices=WINDOWS)
     self.show_uncertainty = CheckBox(text=f"Show uncertainty [{key('napari-imedsam:toggle_uncertainty')}]",
@@ -93,7 +96,7 @@ def build(self: IMedSAMWidget) -> None:
     self.status.setMinimumHeight(4 * self.status.fontMetrics().lineSpacing())
     self.controls = Container(widgets=[
         self.image_combo, self.model_combo, self.checkpoint, self.device_combo, self.adapters, self.corrector_file,
-        self.load_button, self.window_combo, self.show_uncertainty, self.mirror,
+        self.refiner_file, self.load_button, self.window_combo, self.show_uncertainty, self.mirror,
         Container(widgets=[self.positive_button, self.negative_button, self.boxes_button], layout="horizontal",
                   label="clicks"),
         self.undo_button, self.suggestion_button,

@@ -25,12 +25,14 @@ def load_selected(self: IMedSAMWidget) -> None:
     source = {UNTRAINED_TINY: "tiny", CHECKPOINT: str(self.checkpoint.value)}.get(choice, choice)
     adapters = str(self.adapters.value) if self.adapters.value else None
     corrector = str(self.corrector_file.value) if self.corrector_file.value else None
+    refiner = str(self.refiner_file.value) if self.refiner_file.value else None
     choices = {"model_combo": choice, "checkpoint": self.checkpoint.value, "device_combo": self.device_combo.value,
-               "adapters": self.adapters.value, "corrector_file": self.corrector_file.value}
+               "adapters": self.adapters.value, "corrector_file": self.corrector_file.value,
+               "refiner_file": self.refiner_file.value}
     self.set_status(f"Loading {source}…")
     # No napari progress bar for this job: its first appearance makes Qt load a library, which waits
     # for the loader lock that the worker's `preload_torch_libraries` holds (a 400 ms freeze, measured).
-    self.workers.run("load", load_in_worker, source, self.device_combo.value, adapters, corrector,
+    self.workers.run("load", load_in_worker, source, self.device_combo.value, adapters, corrector, refiner,
                      on_result=lambda loaded: use(self, *loaded, stepwise=True, choices=choices))
 
 
@@ -40,14 +42,10 @@ def use(self: IMedSAMWidget, loaded, corrector=None, stepwise: bool = False, cho
     `choices`: the dock fields it was loaded from (a reopened dock shows them again)."""
     self.state.corrector = corrector
     self.state.choices = dict(choices or {})
-    header = getattr(corrector, "header", None) or {}
-    if header.get("helps") is False:  # its training found no round better than the refined mask
-        from napari.utils.notifications import show_warning
-
-        before, after = (header.get(k, {}).get("dice") for k in ("metrics_before", "metrics"))
-        scores = f" (held-back Dice {before:.3f} -> {after:.3f})" if before is not None and after is not None else ""
-        show_warning(f"this corrector did not beat the refined mask when it was trained{scores}: treat its "
-                     "suggestions with care")
+    warn_if_unhelpful(corrector, "this corrector did not beat the refined mask",
+                      "treat its suggestions with care")
+    warn_if_unhelpful(getattr(loaded, "click_refiner", None), "this click refiner did not beat the random walker "
+                      "alone", "its clicks may be worse than the walker's", key="score")
     serve(self, loaded, keep_cache=False)
     self.state.versions = {"base": loaded}
     self.version_combo.choices = version_choices(["base"])
@@ -56,6 +54,19 @@ def use(self: IMedSAMWidget, loaded, corrector=None, stepwise: bool = False, cho
         add_layers_stepwise(self, lambda: ready(self, loaded))
     else:
         ready(self, loaded)
+
+
+def warn_if_unhelpful(stage, what: str, advice: str, key: str = "dice") -> None:
+    """A second stage (corrector, click refiner) whose training found no round better than going
+    without it: say so once, with the held-back score (`key`) its file records."""
+    header = getattr(stage, "header", None) or {}
+    if header.get("helps") is not False:
+        return
+    from napari.utils.notifications import show_warning
+
+    before, after = (header.get(k, {}).get(key) for k in ("metrics_before", "metrics"))
+    scores = f" (held-back Dice {before:.3f} -> {after:.3f})" if before is not None and after is not None else ""
+    show_warning(f"{what} when it was trained{scores}: {advice}")
 
 
 def add_layers_stepwise(self: IMedSAMWidget, then) -> None:
@@ -141,10 +152,11 @@ def resume(self: IMedSAMWidget) -> None:
     image_changed(self)
 
 
-def load_in_worker(source: str, device: str, adapters: str | None, corrector: str | None):
+def load_in_worker(source: str, device: str, adapters: str | None, corrector: str | None,
+                   refiner: str | None = None):
     """Worker: import the model code (after the triton guard; torch's libraries mapped without the GIL,
-    no collector pauses), load the weights and the corrector
-    (the file given, else the one bundled for this model). Returns (model, corrector or None).
+    no collector pauses), load the weights, the corrector and the click refiner
+    (each the file given, else the one bundled for this model). Returns (model, corrector or None).
     What the GUI thread imports next (the session and, for the boxes layer's features, pandas) is
     imported here too: a first import on the GUI thread would freeze it (pandas alone takes ~1 s)."""
     import contextlib
@@ -166,6 +178,8 @@ def load_in_worker(source: str, device: str, adapters: str | None, corrector: st
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         loaded = load_model(source, device=device, adapters=adapters)
+    if refiner is not None:
+        loaded = loaded.with_click_refiner(refiner)
     if corrector is not None:
         return loaded, load_corrector(corrector, base_sha256=loaded.weights_sha256)
     return loaded, bundled_corrector(source, loaded.weights_sha256)

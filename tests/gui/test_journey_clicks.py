@@ -60,3 +60,53 @@ def test_clicks_correct_an_object_without_re_encoding(docked):
     assert viewer.layers.selection.active is boxes and boxes.mode == "add_rectangle"
     new = draw(viewer, dock, image, truth == names["aorta_000"])
     assert new == label + 1
+
+
+def test_a_click_refiner_chosen_in_the_dock_is_the_one_clicks_use(make_napari_viewer, tmp_path, monkeypatch):
+    """The dock's 'click refiner' field: Load model with a refiner file trained by the user puts that
+    refiner (not the bundled one) behind every click, with a warning when its training found it no
+    better than the walker; a file that is not a click refiner is one clear error and the dock keeps
+    working."""
+    import napari.utils.notifications
+    from qtpy.QtWidgets import QApplication
+
+    from napari_imedsam.model.click_refiner import ClickRefiner, save_click_refiner
+
+    warnings = []
+    monkeypatch.setattr(napari.utils.notifications, "show_warning", warnings.append)
+    mine = tmp_path / "mine.safetensors"
+    save_click_refiner(ClickRefiner(), mine, {"trained_on": "my slices", "helps": False,
+                                              "metrics_before": {"score": 0.91}, "metrics": {"score": 0.905}})
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample("napari-imedsam", "ct_thorax")
+    _, dock = viewer.window.add_plugin_dock_widget("napari-imedsam", "I-MedSAM annotator")
+    dock.reset_choices()
+    dock.image_combo.value = viewer.layers["CT thorax"]
+    dock.model_combo.value = "demo"
+
+    def load() -> None:
+        dock.load_button.native.click()
+        dock.wait_until_idle()
+        for _ in range(200):
+            if "ready" in dock.status_text() or "Error" in dock.status_text():
+                break
+            QApplication.processEvents()
+
+    dock.refiner_file.value = mine
+    load()
+    assert "Model demo ready" in dock.status_text(), dock.status_text()
+    assert dock.session().predictor.click_refiner.header["trained_on"] == "my slices"
+    assert dock.state.choices["refiner_file"] == mine  # a reopened dock shows it again
+    assert warnings == ["this click refiner did not beat the random walker alone when it was trained (held-back "
+                        "Dice 0.910 -> 0.905): its clicks may be worse than the walker's"]
+
+    not_a_refiner = tmp_path / "adapters.safetensors"
+    import torch
+
+    from napari_imedsam.model.weights import atomic_save_safetensors
+
+    atomic_save_safetensors({"x": torch.zeros(2)}, not_a_refiner, {"kind": "adapters"})
+    dock.refiner_file.value = not_a_refiner
+    load()
+    assert "not a click-refiner file" in dock.status_text(), dock.status_text()
+    assert dock.session().predictor.click_refiner.header["trained_on"] == "my slices"  # the model in use stays
