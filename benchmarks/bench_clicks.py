@@ -1,6 +1,6 @@
 """The interactive benchmark: a simulated user corrects each image with clicks after one tight box.
 
-    python benchmarks/bench_clicks.py --images DIR --masks DIR [--model demo] [--corrector FILE]
+    python benchmarks/bench_clicks.py --images DIR --masks DIR [--model demo] [--corrector FILE|bundled]
                                       [--max-clicks 10] [--limit N] [--mirror] [--json]
                                       [--click-refiner bundled|none|FILE]
 
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", required=True)
     parser.add_argument("--masks", required=True)
     parser.add_argument("--model", default="demo")
-    parser.add_argument("--corrector", default=None, help="a Dual False Corrector file for the model")
+    parser.add_argument("--corrector", default=None, help="a Dual False Corrector file for the model, or 'bundled'")
     parser.add_argument("--click-refiner", default="bundled",
                         help="bundled (the one shipped with the model, if any), none (the walker alone), or a file")
     parser.add_argument("--max-clicks", type=int, default=10)
@@ -100,9 +100,9 @@ def main(argv: list[str] | None = None) -> None:
         walker = Predictor(loaded, mirror=args.mirror, click_refiner=False)
         row.update(click_summary([simulate(walker, s, args.max_clicks) for s in samples], args.max_clicks, "walker_"))
     if args.corrector:
-        from napari_imedsam.model.corrector import load_corrector
+        from napari_imedsam.model.corrector import chosen_corrector
 
-        corrector = load_corrector(args.corrector, base_sha256=loaded.weights_sha256)
+        corrector = chosen_corrector(args.corrector, args.model, loaded.weights_sha256)
         row.update(click_summary([simulate(predictor, s, args.max_clicks, corrector) for s in samples],
                                  args.max_clicks, "corrector_"))
     if args.json:

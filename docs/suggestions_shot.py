@@ -1,8 +1,8 @@
-"""The README's suggestions screenshot: the CT thorax sample, the bundled model with a Dual False
-Corrector you trained, mouse-drawn boxes on the left ventricle and the aorta, the heatmap off so the
-suggestions (red: remove, green: add) show. Needs a display:
+"""The README's suggestions screenshot: the CT thorax sample, the bundled model with its Dual False
+Corrector (`bundled`) or one you trained (a file), mouse-drawn boxes on the left ventricle and the
+aorta, the heatmap off so the suggestions (red: remove, green: add) show. Needs a display:
 
-    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/suggestions_shot.py CORRECTOR OUT.png
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/suggestions_shot.py bundled|CORRECTOR OUT.png
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from napari_imedsam.inference.boxes import box_of_mask  # noqa: E402
-from napari_imedsam.model.corrector import load_corrector  # noqa: E402
+from napari_imedsam.model.corrector import chosen_corrector  # noqa: E402
 from napari_imedsam.model.registry import load_model  # noqa: E402
 from napari_imedsam.widgets.corrections import SUGGESTIONS  # noqa: E402
 from tests.gui.user import drag_box  # noqa: E402
@@ -33,7 +33,7 @@ def main(corrector_file: str, out: str) -> None:
     truth.visible = False
     _, dock = viewer.window.add_plugin_dock_widget("napari-imedsam", "I-MedSAM annotator")
     model = load_model("demo")
-    dock.set_model(model, load_corrector(corrector_file, base_sha256=model.weights_sha256))
+    dock.set_model(model, chosen_corrector(corrector_file, "demo", model.weights_sha256))
     dock.reset_choices()
     dock.image_combo.value = image
     boxes, _, _, _ = dock.ensure_layers()

@@ -100,6 +100,13 @@ def cmd_info(args: argparse.Namespace) -> int:
         measured = (f"; its held-back Dice after 3 clicks {scores['walker']:.4f} -> {scores['refined']:.4f}"
                     if None not in scores.values() else "")
         print(f"clicks       random walker around each click, extended by the click refiner{measured}")
+    from .model.corrector import bundled_corrector
+
+    corrector = bundled_corrector(args.model, loaded.weights_sha256)
+    if corrector is not None:
+        scores = [corrector.header.get(key, {}).get("dice") for key in ("metrics_before", "metrics")]
+        measured = f"; its held-back Dice {scores[0]:.4f} -> {scores[1]:.4f}" if None not in scores else ""
+        print(f"corrector    Dual False Corrector bundled (suggestions in the dock){measured}")
     print("trainable parameters by component:")
     total = 0
     for group, params in net.parameter_groups().items():
@@ -247,9 +254,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         loaded = loaded.with_uncertainty(args.uncertainty)
     corrector = None
     if args.corrector:
-        from .model.corrector import load_corrector
+        from .model.corrector import chosen_corrector
 
-        corrector = load_corrector(args.corrector, base_sha256=loaded.weights_sha256)
+        corrector = chosen_corrector(args.corrector, args.model, loaded.weights_sha256)
     metrics = evaluate(Predictor(loaded, zoom=args.zoom, mirror=args.mirror), samples, output_size=size,
                        baselines=args.baselines, corrector=corrector)
     if args.json:
@@ -319,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--rounds", type=int, default=2,
                        help="clicks mode: rounds of simulated users (each later round clicks on the refiner so far)")
     train.add_argument("--steps", type=int, default=None,
-                       help="optimizer steps (corrector mode: default 1500; clicks mode: default 3000)")
+                       help="optimizer steps (corrector and clicks modes: default 3000)")
     train.add_argument("--max-seconds", type=float, default=None)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--batch-size", type=int, default=4)
@@ -348,7 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="also score the box itself, GrabCut (OpenCV) and the backbone's own SAM mask "
                                "decoder (zero-shot LiteMedSAM for lite) on the same boxes")
     evaluate.add_argument("--corrector", default=None,
-                          help="a Dual False Corrector file: also score the corrected mask (corrected_dice)")
+                          help="a Dual False Corrector file, or 'bundled' (the one shipped with the model): also "
+                               "score the corrected mask (corrected_dice)")
     evaluate.set_defaults(func=cmd_evaluate)
     return parser
 

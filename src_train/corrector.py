@@ -1,19 +1,24 @@
 """Second-stage training of the Dual False Corrector on a frozen segmentation model (`corrector` mode).
 
 The frozen model predicts each training object from its tight box and from jittered boxes (so the
-corrector sees the kinds of mistakes the model makes); each prediction's region maps are resampled
-to the corrector's size once and kept. The loss has SF-RecSAM's three parts: a segmentation loss
-(BCE + Dice) on the corrected probability, a correction loss for each branch (BCE of the flip
-logits against "this suspicious pixel is really wrong", on suspicious foreground for the
-false-positive branch and suspicious background for the false-negative branch), and an
-uncertainty-guided weight on the correction losses (1 + uncertainty / 0.25: the base is frozen, so
-its uncertainty cannot be trained; the corrector is pushed hardest where the model doubts most).
-The corrector never starts worse than "no correction": validation compares against the refined
-mask, and a run that does not beat it says so.
+corrector sees the kinds of mistakes the model makes), with the predictor settings a user gets; each
+prediction's region maps are resampled to the corrector's size once and kept, with the expert mask
+averaged onto the same grid. Every batch is augmented (flips; the image's gamma, contrast,
+brightness and noise; the probability's temperature; the uncertainty's scale), so a corrector does
+not learn one scanner's look or one model's confidence. The loss has SF-RecSAM's three parts: a
+segmentation loss (BCE + Dice) on the corrected probability (refined foreground kept unless the
+false-positive head flips it, background added where the false-negative head does), a correction
+loss for each branch (BCE of its flip logit against "this pixel is really wrong", on foreground for
+the false-positive branch and background for the false-negative one), and an uncertainty-guided
+weight on the correction losses (1 + uncertainty / 0.25: the base is frozen, so its uncertainty
+cannot be trained; the corrector is pushed hardest where the model doubts most). The corrector
+never starts worse than "no correction": validation compares against the refined mask, and a run
+that does not beat it says so.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +28,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from napari_imedsam.inference.correction import region_maps
+from napari_imedsam.inference.click_refine import logit
+from napari_imedsam.inference.correction import corrector_region, region_maps
 from napari_imedsam.inference.predictor import Predictor
 from napari_imedsam.model.corrector import CorrectorConfig, DualFalseCorrector, resample, save_corrector
 from napari_imedsam.model.registry import LoadedModel
@@ -37,22 +43,23 @@ _clock = time.perf_counter  # seconds, for `max_seconds` (a module attribute: te
 
 @dataclass
 class CorrectorOptions:
-    steps: int = 1500
-    batch_size: int = 16
-    lr: float = 2e-3
+    steps: int = 3000
+    batch_size: int = 24
+    lr: float = 2e-3  # cosine-annealed to 0 over `steps`
     seed: int = 0
     val_fraction: float = 0.2
-    boxes_per_sample: int = 3  # the tight box plus jittered ones
+    boxes_per_sample: int = 2  # the tight box plus jittered ones
     box_jitter: float = 0.05
-    validate_every: int = 100
+    augment: bool = True
+    validate_every: int = 250
     max_seconds: float | None = None
     config: CorrectorConfig = field(default_factory=CorrectorConfig)
 
 
 @dataclass
 class RegionExample:
-    maps: torch.Tensor  # (5, S, S)
-    truth: torch.Tensor  # (S, S) float 0/1
+    maps: torch.Tensor  # (6, S, S)
+    truth: torch.Tensor  # (S, S): the expert mask's share of each resampled pixel
     suspicious: torch.Tensor  # (S, S) bool
 
 
@@ -66,54 +73,68 @@ class CorrectorReport:
     helps: bool
 
 
-def region_example(prediction, image, truth: np.ndarray, window, config: CorrectorConfig) -> RegionExample:
+def region_example(corrector: DualFalseCorrector, prediction, image, truth: np.ndarray, window) -> RegionExample:
     """One prediction's corrector input and targets at the corrector's size."""
-    r0, r1, c0, c1 = prediction.roi
-    maps = resample(region_maps(prediction, image, window), (config.size, config.size))[0]
+    config = corrector.config
+    r0, r1, c0, c1 = region = corrector_region(corrector, prediction)
+    maps = resample(region_maps(prediction, image, window, region), (config.size, config.size))[0]
     crop = torch.from_numpy(truth[r0:r1, c0:c1].astype(np.float32))[None, None]
-    target = (F.interpolate(crop, size=(config.size, config.size), mode="bilinear", align_corners=False)[0, 0]
-              > 0.5).float()
-    flagged = (maps[3] * 0.25 > config.threshold).float()[None, None]
+    target = F.adaptive_avg_pool2d(crop, config.size)[0, 0] if min(crop.shape[-2:]) >= config.size else \
+        F.interpolate(crop, size=(config.size, config.size), mode="bilinear", align_corners=False)[0, 0]
+    flagged = (maps[4] * 0.25 > config.threshold).float()[None, None]
     doubt = F.max_pool2d(flagged, 3, stride=1, padding=1)[0, 0] > 0
     return RegionExample(maps, target, doubt)
 
 
-def build_examples(predictor: Predictor, samples: list[Sample], options: CorrectorOptions,
-                   rng: np.random.Generator) -> list[RegionExample]:
+def build_examples(predictor: Predictor, corrector: DualFalseCorrector, samples: list[Sample], boxes_per_sample: int,
+                   box_jitter: float, rng: np.random.Generator) -> list[RegionExample]:
     examples = []
     for sample in samples:
         boxes = [np.asarray(sample.box_xyxy, float)]
-        boxes += [jitter_box(boxes[0], sample.mask.shape, rng, options.box_jitter)
-                  for _ in range(options.boxes_per_sample - 1)]
+        boxes += [jitter_box(boxes[0], sample.mask.shape, rng, box_jitter) for _ in range(boxes_per_sample - 1)]
         for box in boxes:
             prediction = predictor.predict(sample.image, box, window=sample.window)
-            examples.append(region_example(prediction, sample.image, sample.mask, sample.window, options.config))
+            examples.append(region_example(corrector, prediction, sample.image, sample.mask > 0, sample.window))
     return examples
 
 
-def corrected_probability(maps: torch.Tensor, doubt: torch.Tensor, fp_logit: torch.Tensor,
-                          fn_logit: torch.Tensor) -> torch.Tensor:
+def augment(maps: torch.Tensor, truth: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch (B, 6, S, S), (B, S, S) flipped and with its image, probability and uncertainty jittered."""
+    batch = maps.shape[0]
+
+    def normal(scale: float) -> torch.Tensor:
+        return torch.randn(batch, 1, 1, 1, generator=generator) * scale
+
+    if torch.rand((), generator=generator) < 0.5:
+        maps, truth = maps.flip(-1), truth.flip(-1)
+    if torch.rand((), generator=generator) < 0.5:
+        maps, truth = maps.flip(-2), truth.flip(-2)
+    image = maps[:, :3].clamp(0, 1) ** torch.exp(normal(0.3)) * (1 + normal(0.2)) + normal(0.1)
+    image = image + 0.02 * torch.randn(image.shape, generator=generator)
+    probability = torch.sigmoid(logit(maps[:, 3:4]) * torch.exp(normal(0.3)))
+    doubt = (maps[:, 4:5] * torch.exp(normal(0.3))).clamp(0, 1)
+    return torch.cat([image, probability, doubt, maps[:, 5:]], 1), truth
+
+
+def corrected_probability(maps: torch.Tensor, fp_logit: torch.Tensor, fn_logit: torch.Tensor) -> torch.Tensor:
     """Soft corrected mask: refined foreground kept unless flipped, background added where flipped."""
-    refined = (maps[:, 2] > 0.5).float()
-    s = doubt.float()
-    return refined * (1 - s * torch.sigmoid(fp_logit)) + (1 - refined) * s * torch.sigmoid(fn_logit)
+    refined = maps[:, 3]
+    return refined * (1 - torch.sigmoid(fp_logit)) + (1 - refined) * torch.sigmoid(fn_logit)
 
 
-def corrector_loss(fp_logit: torch.Tensor, fn_logit: torch.Tensor, maps: torch.Tensor, truth: torch.Tensor,
-                   doubt: torch.Tensor) -> torch.Tensor:
-    refined = maps[:, 2] > 0.5
-    weight = 1.0 + maps[:, 3]  # uncertainty / 0.25 in [0, 1]
+def corrector_loss(fp_logit: torch.Tensor, fn_logit: torch.Tensor, maps: torch.Tensor,
+                   truth: torch.Tensor) -> torch.Tensor:
+    foreground = (maps[:, 3] > 0.5).float()
+    weight = 1.0 + maps[:, 4]  # uncertainty / 0.25 in [0, 1]
     losses = []
-    for logit, where, target in ((fp_logit, doubt & refined, refined & (truth < 0.5)),
-                                 (fn_logit, doubt & ~refined, ~refined & (truth > 0.5))):
-        if where.any():
-            per_pixel = F.binary_cross_entropy_with_logits(logit[where], target[where].float(), reduction="none")
-            losses.append((per_pixel * weight[where]).sum() / weight[where].sum())
-    corrected = corrected_probability(maps, doubt, fp_logit, fn_logit).clamp(1e-6, 1 - 1e-6)
+    for flip_logit, where, target in ((fp_logit, foreground, truth < 0.5), (fn_logit, 1 - foreground, truth > 0.5)):
+        per_pixel = F.binary_cross_entropy_with_logits(flip_logit, target.float(), reduction="none")
+        losses.append((per_pixel * weight * where).sum() / (weight * where).sum().clamp(min=1.0))
+    corrected = corrected_probability(maps, fp_logit, fn_logit).clamp(1e-6, 1 - 1e-6)
     intersection = (corrected * truth).sum(dim=(1, 2))
     soft_dice = 1 - (2 * intersection + 1) / (corrected.sum(dim=(1, 2)) + truth.sum(dim=(1, 2)) + 1)
-    segmentation = 0.5 * F.binary_cross_entropy(corrected, truth) + 0.5 * soft_dice.mean()
-    return segmentation + sum(losses)
+    segmentation = F.binary_cross_entropy(corrected, truth) + soft_dice.mean()
+    return segmentation + 0.5 * sum(losses)
 
 
 def region_scores(masks: list[np.ndarray], truths: list[np.ndarray]) -> dict:
@@ -129,16 +150,19 @@ def region_scores(masks: list[np.ndarray], truths: list[np.ndarray]) -> dict:
 
 @torch.no_grad()
 def validate(corrector: DualFalseCorrector, examples: list[RegionExample]) -> tuple[dict, dict]:
-    """(refined, corrected) scores on held-back regions at the corrector's size."""
+    """(refined, corrected) scores on held-back regions at the corrector's size (in eval mode)."""
+    corrector.eval()
     refined, corrected, truths = [], [], []
-    for example in examples:
-        fp_logit, fn_logit = corrector(example.maps[None])
-        keep = example.maps[2] > 0.5
-        flip_off = example.suspicious & keep & (torch.sigmoid(fp_logit[0]) > 0.5)
-        flip_on = example.suspicious & ~keep & (torch.sigmoid(fn_logit[0]) > 0.5)
-        refined.append(keep.numpy())
-        corrected.append(((keep & ~flip_off) | flip_on).numpy())
-        truths.append(example.truth.numpy() > 0.5)
+    for start in range(0, len(examples), 64):
+        chunk = examples[start:start + 64]
+        fp_logits, fn_logits = corrector(torch.stack([example.maps for example in chunk]))
+        for example, fp_logit, fn_logit in zip(chunk, fp_logits, fn_logits):
+            keep = example.maps[3] > 0.5
+            flip_off = example.suspicious & keep & (torch.sigmoid(fp_logit) > 0.5)
+            flip_on = example.suspicious & ~keep & (torch.sigmoid(fn_logit) > 0.5)
+            refined.append(keep.numpy())
+            corrected.append(((keep & ~flip_off) | flip_on).numpy())
+            truths.append(example.truth.numpy() > 0.5)
     return region_scores(refined, truths), region_scores(corrected, truths)
 
 
@@ -149,12 +173,15 @@ def train_corrector(loaded: LoadedModel, samples: list[Sample], options: Correct
     folder = prepare_output(out_dir, name, 4 << 20, kind="correctors")
     torch.manual_seed(options.seed)
     rng = np.random.default_rng(options.seed)
+    generator = torch.Generator().manual_seed(options.seed)
     predictor = Predictor(loaded)
-    train_set, val_set = split(samples, options.val_fraction, options.seed)
-    train_examples = build_examples(predictor, train_set, options, rng)
-    val_examples = build_examples(predictor, val_set, CorrectorOptions(boxes_per_sample=1, config=options.config), rng)
     corrector = DualFalseCorrector(options.config)
-    optimizer = torch.optim.AdamW(corrector.parameters(), lr=options.lr)
+    train_set, val_set = split(samples, options.val_fraction, options.seed)
+    train_examples = build_examples(predictor, corrector, train_set, options.boxes_per_sample, options.box_jitter, rng)
+    val_examples = build_examples(predictor, corrector, val_set, 1, options.box_jitter, rng)
+    optimizer = torch.optim.AdamW(corrector.parameters(), lr=options.lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: 0.5 * (1 + math.cos(math.pi * done
+                                                                                              / options.steps)))
     before, best_after = validate(corrector, val_examples) if val_examples else ({}, {})
     best_state, best_dice = None, before.get("dice", -1.0)
     start, step = _clock(), 0
@@ -163,12 +190,15 @@ def train_corrector(loaded: LoadedModel, samples: list[Sample], options: Correct
         chosen = rng.integers(0, len(train_examples), options.batch_size)
         maps = torch.stack([train_examples[i].maps for i in chosen])
         truth = torch.stack([train_examples[i].truth for i in chosen])
-        doubt = torch.stack([train_examples[i].suspicious for i in chosen])
+        if options.augment:
+            maps, truth = augment(maps, truth, generator)
+        corrector.train()
         fp_logit, fn_logit = corrector(maps)
-        loss = corrector_loss(fp_logit, fn_logit, maps, truth, doubt)
+        loss = corrector_loss(fp_logit, fn_logit, maps, truth)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        schedule.step()
         step += 1
         if on_step:
             on_step(step, options.steps)

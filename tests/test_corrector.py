@@ -20,14 +20,16 @@ from src_train.data import Sample
 def test_only_suspicious_pixels_can_flip():
     torch.manual_seed(0)
     corrector = DualFalseCorrector(CorrectorConfig(size=32)).eval()
-    with torch.no_grad():  # a corrector that wants to flip everything
-        corrector.fp_head.bias.fill_(10.0)
-        corrector.fn_head.bias.fill_(10.0)
     refined = np.zeros((40, 40), np.float32)
     refined[10:30, 10:30] = 0.9
     uncertainty = np.zeros((40, 40), np.float32)
     uncertainty[10:12, 10:30] = 0.2  # doubt only along the top edge
-    maps = stack_maps(np.full((40, 40), 0.5, np.float32), refined, refined, uncertainty, np.ones((40, 40)))
+    maps = stack_maps(np.full((40, 40), 0.5, np.float32), refined, uncertainty, np.ones((40, 40)))
+    untrained = correct(corrector, maps, uncertainty)  # its heads start at "flip nothing"
+    assert not untrained.remove.any() and not untrained.add.any()
+    np.testing.assert_array_equal(untrained.corrected, refined > 0.5)
+    with torch.no_grad():  # a corrector that wants to flip everything
+        corrector.out.bias.fill_(10.0)
     result = correct(corrector, maps, uncertainty)
     changed = result.corrected != (refined > 0.5)
     assert changed.any() and not changed[15:, :].any()  # nothing below the suspicious band (+1 px) moves
@@ -40,7 +42,7 @@ def trained(fitted, tmp_path_factory):
     samples = [Sample(image, mask, box_of_mask(mask), f"e{i}") for i, (image, mask) in
                enumerate(ellipse_phantoms(12, seed=21))]
     options = CorrectorOptions(steps=40, batch_size=8, validate_every=20, boxes_per_sample=2,
-                               config=CorrectorConfig(size=48, width=16))
+                               config=CorrectorConfig(size=32, widths=(8, 16)))
     out = tmp_path_factory.mktemp("corrector")
     return loaded, samples, train_corrector(loaded, samples, options, out, name="phantoms"), out
 
@@ -56,6 +58,14 @@ def test_training_saves_a_version_that_loads_only_on_its_base(trained, fitted):
     assert corrector.header["metrics"] == report.after and corrector.header["helps"] == report.helps
     with pytest.raises(CheckpointError, match="another base model"):
         load_corrector(report.path, base_sha256="0" * 64)
+    from napari_imedsam.model.weights import atomic_save_safetensors, read_safetensors
+
+    tensors, header = read_safetensors(report.path)  # a file of the first corrector (no U-Net trunk)
+    header["corrector"] = {"width": 24, "depth": 4, "threshold": 0.02, "size": 128}
+    old = out / "first_corrector.safetensors"
+    atomic_save_safetensors(tensors, old, header)
+    with pytest.raises(CheckpointError, match="train it again"):
+        load_corrector(old)
     image, mask = ellipse_phantoms(1, seed=99)[0]
     prediction = Predictor(loaded).predict(image, box_of_mask(mask))
     suggestions = suggest(corrector, prediction, image)
@@ -81,7 +91,7 @@ def test_the_corrector_stops_at_its_time_limit_after_a_step_and_validates_that_s
     samples = [Sample(image, mask, box_of_mask(mask), f"e{i}") for i, (image, mask) in
                enumerate(ellipse_phantoms(4, seed=3))]
     options = CorrectorOptions(steps=40, batch_size=4, validate_every=20, boxes_per_sample=1, max_seconds=2.5,
-                               config=CorrectorConfig(size=32, width=8))
+                               config=CorrectorConfig(size=32, widths=(8, 16)))
     report = train_corrector(loaded, samples, options, tmp_path, name="timed")
     assert report.steps == 3 and report.path.is_file()
     assert len(validated) == 1 + 1 + (0 if report.helps else 1)  # before, the last step (and the saved weights)
@@ -168,3 +178,74 @@ def test_cli_trains_a_corrector_and_evaluate_reports_the_corrected_dice(tmp_path
     assert main(["evaluate", "--model", "demo", "--corrector", str(path), "--images", str(images), "--masks",
                  str(masks)]) == 2  # trained on another base model
     assert "another base model" in capsys.readouterr().err
+
+
+def test_training_augmentation_keeps_maps_and_targets_aligned_and_probabilities_valid():
+    """Flips move the maps and the expert mask together; the image is jittered, the probability stays a
+    probability on the same side of 0.5, the uncertainty stays in [0, 1]; the box channel is untouched."""
+    from src_train.corrector import augment
+
+    maps = torch.zeros(4, 6, 16, 16)
+    truth = torch.zeros(4, 16, 16)
+    truth[:, 2:6, 3:9] = 1.0  # an off-centre object: any flip moves it
+    maps[:, :3] = 0.5
+    maps[:, 3] = 0.1 + 0.8 * truth  # the refined probability agrees with the expert
+    maps[:, 4] = 0.5
+    maps[:, 5] = truth  # the box channel marks the same pixels
+    generator = torch.Generator().manual_seed(1)
+    flipped = 0
+    for _ in range(8):
+        out_maps, out_truth = augment(maps, truth, generator)
+        assert torch.equal(out_maps[:, 5], out_truth)  # aligned after whatever flips were drawn
+        assert torch.equal((out_maps[:, 3] > 0.5).float(), out_truth)  # temperature keeps the side of 0.5
+        assert out_maps[:, 4].min() >= 0 and out_maps[:, 4].max() <= 1
+        assert not torch.allclose(out_maps[:, :3], maps[:, :3])
+        flipped += not torch.equal(out_truth, truth)
+    assert 0 < flipped < 8
+
+
+def test_demo_ships_its_corrector_and_the_cli_uses_it_when_asked(tmp_path, capsys):
+    """`demo` bundles a corrector that beat the refined mask on its held-back slices; `evaluate --corrector
+    bundled` scores it, and a model without one says so in one line."""
+    import json
+
+    from napari_imedsam.cli import main
+    from napari_imedsam.model.corrector import bundled_corrector
+    from napari_imedsam.model.registry import load_model
+
+    from .conftest import phantom_folders
+
+    loaded = load_model("demo")
+    corrector = bundled_corrector("demo", loaded.weights_sha256)
+    assert corrector is not None and corrector.header["helps"] is True
+    assert corrector.header["metrics"]["dice"] > corrector.header["metrics_before"]["dice"]
+    images, masks = phantom_folders(tmp_path, 3, seed=8)
+    assert main(["evaluate", "--model", "demo", "--corrector", "bundled", "--images", str(images), "--masks",
+                 str(masks), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0.0 <= summary["corrected_dice"] <= 1.0
+    assert main(["evaluate", "--model", "tiny", "--corrector", "bundled", "--images", str(images), "--masks",
+                 str(masks)]) == 2
+    assert "no corrector is bundled with 'tiny'" in capsys.readouterr().err
+
+
+def test_the_corrector_reads_its_region_normalised_with_the_whole_slice_window(fitted):
+    """Only the box region is normalised, with the window resolved on the whole slice: the same pixels
+    as normalising the slice and cropping (bit for bit), at the image's size and at another output size."""
+    from napari_imedsam.inference.correction import corrector_region, region_maps
+    from napari_imedsam.inference.windows import normalize_intensity
+    from skimage.transform import resize
+
+    loaded, _, _ = fitted
+    image, mask = ellipse_phantoms(1, seed=4)[0]
+    image = image.astype(np.float32) * 37.0 + 5.0  # not uint8: a percentile window over the slice
+    corrector = DualFalseCorrector()
+    for size in (None, (96, 80)):
+        prediction = Predictor(loaded).predict(image, box_of_mask(mask), output_size=size)
+        r0, r1, c0, c1 = region = corrector_region(corrector, prediction)
+        whole = normalize_intensity(image)
+        if size is not None:
+            whole = resize(whole, (*size, 3), order=1, anti_aliasing=True)
+        maps = region_maps(prediction, image, None, region)
+        np.testing.assert_array_equal(maps[:3], np.moveaxis(whole[r0:r1, c0:c1], -1, 0).astype(np.float32))
+        np.testing.assert_array_equal(maps[3], prediction.refined_prob[r0:r1, c0:c1])

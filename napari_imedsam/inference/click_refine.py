@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -17,11 +18,19 @@ from torch.nn import functional as F
 from ..model.click_refiner import ClickRefiner, ClickRefinerConfig
 
 Window = tuple[int, int, int, int]  # (row0, row1, col0, col1), half-open
+class RegionMargins(Protocol):
+    """What sizes a second stage's region (the click refiner's and the corrector's configs)."""
+
+    margin: float
+    pad: float
+
+
 LOGIT_CLIP = 1e-3  # probabilities are clipped to [p, 1 - p] before the logit: a refiner can flip any pixel
 
 
-def refiner_window(box: np.ndarray, points: np.ndarray, shape: tuple[int, int], config: ClickRefinerConfig) -> Window:
-    """The region the refiner reads and corrects: the box (x0, y0, x1, y1) and every click, grown by a margin."""
+def refiner_window(box: np.ndarray, points: np.ndarray, shape: tuple[int, int], config: RegionMargins) -> Window:
+    """The region a second stage reads and corrects: the box (x0, y0, x1, y1) and every click, grown by
+    the config's margin and pad."""
     x0, y0, x1, y1 = (float(v) for v in np.asarray(box, dtype=np.float64).reshape(4))
     points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
     cols, rows = [x0, x1, *points[:, 0]], [y0, y1, *points[:, 1]]

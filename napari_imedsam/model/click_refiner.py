@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import torch
 from torch import nn
-from torch.nn import functional as F
+
+from .unet import MapUNet
 
 CHANNELS = 8  # image (3), box probability, walker probability, uncertainty, positive clicks, negative clicks
 
@@ -34,37 +34,14 @@ class ClickRefinerConfig:
         return asdict(self)
 
 
-def _block(inputs: int, outputs: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(inputs, outputs, 3, padding=1), nn.BatchNorm2d(outputs), nn.ReLU(),
-                         nn.Conv2d(outputs, outputs, 3, padding=1), nn.BatchNorm2d(outputs), nn.ReLU())
-
-
-class ClickRefiner(nn.Module):
+class ClickRefiner(MapUNet):
     """A U-Net from the stacked maps (N, CHANNELS, size, size) to a logit correction (N, 1, size, size)."""
 
     def __init__(self, config: ClickRefinerConfig = ClickRefinerConfig()) -> None:
-        super().__init__()
+        super().__init__(CHANNELS, 1, config.widths)
         self.config = config
-        widths = config.widths
-        self.down = nn.ModuleList([_block(CHANNELS if i == 0 else widths[i - 1], w) for i, w in enumerate(widths)])
-        self.up = nn.ModuleList([_block(widths[i + 1] + widths[i], widths[i])
-                                 for i in reversed(range(len(widths) - 1))])
-        self.out = nn.Conv2d(widths[0], 1, 1)
         nn.init.zeros_(self.out.weight)  # untrained: no correction, the walker's result stands
         nn.init.zeros_(self.out.bias)
-
-    def forward(self, maps: torch.Tensor) -> torch.Tensor:
-        skips = []
-        x = maps
-        for level, block in enumerate(self.down):
-            x = block(x if level == 0 else F.max_pool2d(x, 2))
-            skips.append(x)
-        x = skips.pop()
-        for block in self.up:
-            skip = skips.pop()
-            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-            x = block(torch.cat([x, skip], 1))
-        return self.out(x)
 
 
 def save_click_refiner(refiner: ClickRefiner, path, header: dict) -> object:

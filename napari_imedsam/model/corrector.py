@@ -2,13 +2,14 @@
 foreground to flip to background (false positives) and which background to flip to foreground
 (false negatives).
 
-It reads the decoded maps of one box region — the normalised image, the coarse and refined
-probabilities, the MC-dropout uncertainty and the box itself — so it works on top of any backbone.
-A small shared convolutional trunk feeds two heads: the false-positive corrector (a flip logit for
-suspicious foreground) and the false-negative corrector (for suspicious background). Only
-suspicious pixels (uncertainty above `threshold`, grown by a pixel) can change: everywhere else the
-refined mask stands. Trained as a second stage with the segmentation network frozen
-(`src_train/corrector.py`); saved as safetensors like the adapters.
+It reads the maps of one box region (the box grown by `margin` of its longer side plus `pad`
+pixels, resampled to `size` x `size`): the normalised image, the refined probability, the MC-dropout
+uncertainty and the box itself, so it works on top of any backbone. A small U-Net trunk (the one the
+click refiner uses, `unet.py`) feeds two heads: the false-positive corrector (a flip logit for
+foreground) and the false-negative corrector (for background). Only suspicious pixels (uncertainty
+above `threshold`, grown by a pixel) can change: everywhere else the refined mask stands. The heads
+start at "flip nothing". Trained as a second stage with the segmentation network frozen
+(`src_train/corrector.py`); saved as safetensors with a JSON header, like the adapters.
 """
 
 from __future__ import annotations
@@ -20,15 +21,21 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-CHANNELS = 5  # image, coarse probability, refined probability, uncertainty / 0.25, inside-the-box
+from .unet import MapUNet
+
+CHANNELS = 6  # image (3), refined probability, uncertainty / 0.25, inside-the-box
+ARCHITECTURE = "unet"  # files without it hold the first corrector (4 dilated convolutions): train again
+NO_FLIP_LOGIT = -4.0  # the heads' starting bias: flip probability 0.018 everywhere
 
 
 @dataclass(frozen=True)
 class CorrectorConfig:
-    width: int = 24
-    depth: int = 4  # 3x3 convolutions in the trunk (dilations 1, 2, 4, 1, ...)
+    size: int = 64  # the region is resampled to size x size
+    widths: tuple[int, ...] = (16, 32, 48, 64)  # channels per U-Net level
     threshold: float = 0.02  # predictive variance above which a pixel is suspicious
-    size: int = 128  # the box region is resampled to size x size for the corrector
+    margin: float = 0.15  # the region: the box, grown by this fraction of its longer side ...
+    pad: float = 6.0  # ... plus this many pixels
+    architecture: str = ARCHITECTURE
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -36,7 +43,7 @@ class CorrectorConfig:
 
 @dataclass
 class Correction:
-    """The corrector's answer on the decoded region (arrays of the region's shape)."""
+    """The corrector's answer on the region (arrays of the region's shape)."""
 
     corrected: np.ndarray  # bool mask after both correctors
     remove: np.ndarray  # bool: refined foreground the false-positive corrector flips to background
@@ -45,30 +52,26 @@ class Correction:
     fn_prob: np.ndarray  # flip probability of suspicious background (0 elsewhere)
 
 
-class DualFalseCorrector(nn.Module):
+class DualFalseCorrector(MapUNet):
     def __init__(self, config: CorrectorConfig = CorrectorConfig()) -> None:
-        super().__init__()
+        super().__init__(CHANNELS, 2, config.widths)
         self.config = config
-        layers: list[nn.Module] = []
-        channels = CHANNELS
-        for i in range(config.depth):
-            dilation = (1, 2, 4)[i % 3] if i < config.depth - 1 else 1
-            layers += [nn.Conv2d(channels, config.width, 3, padding=dilation, dilation=dilation), nn.GELU()]
-            channels = config.width
-        self.trunk = nn.Sequential(*layers)
-        self.fp_head = nn.Conv2d(config.width, 1, 1)  # flip suspicious foreground to background
-        self.fn_head = nn.Conv2d(config.width, 1, 1)  # flip suspicious background to foreground
+        nn.init.zeros_(self.out.weight)  # untrained: no flips, the refined mask stands
+        nn.init.constant_(self.out.bias, NO_FLIP_LOGIT)
 
     def forward(self, maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 5, S, S) stacked maps -> (fp flip logits, fn flip logits), each (B, S, S)."""
-        features = self.trunk(maps)
-        return self.fp_head(features)[:, 0], self.fn_head(features)[:, 0]
+        """(B, 6, S, S) stacked maps -> (fp flip logits, fn flip logits), each (B, S, S)."""
+        logits = super().forward(maps)
+        return logits[:, 0], logits[:, 1]
 
 
-def stack_maps(image01: np.ndarray, coarse: np.ndarray, refined: np.ndarray, uncertainty: np.ndarray,
-               box_mask: np.ndarray) -> np.ndarray:
-    """The corrector's (5, H, W) float32 input from region-sized maps (grey image in [0, 1])."""
-    return np.stack([image01, coarse, refined, np.clip(uncertainty / 0.25, 0.0, 1.0), box_mask]).astype(np.float32)
+def stack_maps(image01: np.ndarray, refined: np.ndarray, uncertainty: np.ndarray, box_mask: np.ndarray) -> np.ndarray:
+    """The corrector's (6, H, W) float32 input from region-sized maps (image (H, W, 3) or (H, W) in [0, 1])."""
+    image01 = np.asarray(image01, dtype=np.float32)
+    if image01.ndim == 2:
+        image01 = np.repeat(image01[..., None], 3, axis=-1)
+    return np.concatenate([np.moveaxis(image01[..., :3], -1, 0),
+                           np.stack([refined, np.clip(uncertainty / 0.25, 0.0, 1.0), box_mask])]).astype(np.float32)
 
 
 def suspicious(uncertainty: np.ndarray, threshold: float) -> np.ndarray:
@@ -92,7 +95,7 @@ def correct(corrector: DualFalseCorrector, maps: np.ndarray, uncertainty: np.nda
     back = (height, width)
     fp = torch.sigmoid(F.interpolate(fp_logit[None], size=back, mode="bilinear", align_corners=False))[0, 0]
     fn = torch.sigmoid(F.interpolate(fn_logit[None], size=back, mode="bilinear", align_corners=False))[0, 0]
-    refined = maps[2] > 0.5
+    refined = maps[3] > 0.5
     doubt = suspicious(uncertainty, corrector.config.threshold)
     fp_prob = np.where(doubt & refined, fp.cpu().numpy(), 0.0).astype(np.float32)
     fn_prob = np.where(doubt & ~refined, fn.cpu().numpy(), 0.0).astype(np.float32)
@@ -117,12 +120,17 @@ def load_corrector(path, base_sha256: str | None = None) -> DualFalseCorrector:
     tensors, header = read_safetensors(path)
     if header.get("kind") != "corrector" or not isinstance(header.get("corrector"), dict):
         raise CheckpointError(f"{path}: not a corrector file (no corrector header)")
+    if header["corrector"].get("architecture") != ARCHITECTURE:
+        raise CheckpointError(f"{path}: a corrector of an earlier napari-imedsam (before the U-Net trunk); "
+                              "train it again with imedsam train --mode corrector")
     trained_on = header.get("base_sha256")
     if base_sha256 and trained_on and trained_on != base_sha256:
         raise CheckpointError(f"{path}: this corrector was trained on another base model "
                               f"(sha256 {trained_on[:12]}…, loaded {base_sha256[:12]}…)")
     try:
-        config = CorrectorConfig(**header["corrector"])
+        settings = dict(header["corrector"])
+        settings["widths"] = tuple(settings.get("widths", CorrectorConfig.widths))
+        config = CorrectorConfig(**settings)
         corrector = DualFalseCorrector(config)
         corrector.load_state_dict(tensors)
     except (TypeError, RuntimeError) as exc:
@@ -137,3 +145,16 @@ def bundled_corrector(model_name: str, base_sha256: str) -> DualFalseCorrector |
 
     path = bundled_companion(model_name, "corrector")
     return None if path is None else load_corrector(path, base_sha256=base_sha256)
+
+
+def chosen_corrector(source: str, model_name: str, base_sha256: str) -> DualFalseCorrector:
+    """A corrector file, or "bundled": the one shipped for registry model `model_name` (an error if none)."""
+    if source != "bundled":
+        return load_corrector(source, base_sha256=base_sha256)
+    from ..errors import InputError
+
+    corrector = bundled_corrector(model_name, base_sha256)
+    if corrector is None:
+        raise InputError(f"no corrector is bundled with {model_name!r}: give a corrector file "
+                         "(imedsam train --mode corrector)")
+    return corrector

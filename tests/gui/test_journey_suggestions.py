@@ -19,10 +19,8 @@ pytestmark = pytest.mark.gui
 def eager_corrector() -> DualFalseCorrector:
     """A corrector that flips every suspicious pixel: deterministic suggestions on any image."""
     corrector = DualFalseCorrector(CorrectorConfig(size=64)).eval()
-    with torch.no_grad():
-        for head in (corrector.fp_head, corrector.fn_head):
-            head.weight.zero_()
-            head.bias.fill_(10.0)
+    with torch.no_grad():  # both heads: the output convolution's two channels (weights start at zero)
+        corrector.out.bias.fill_(10.0)
     return corrector
 
 
