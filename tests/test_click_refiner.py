@@ -145,3 +145,19 @@ def test_cli_trains_a_click_refiner(tmp_path, capsys):
     assert main(["train", "--model", "tiny", "--mode", "clicks", "--data", str(tmp_path), "--rounds", "0",
                  "--out", str(tmp_path / "out")]) == 2
     assert "rounds must be a whole number" in capsys.readouterr().err
+
+
+def test_a_click_gets_the_refiner_averaged_over_the_region_s_mirror_images():
+    """`flip_averaged` is the mean of the network's answers on the region and its three mirror images,
+    each mirrored back: a mirrored input gives the mirrored answer."""
+    torch.manual_seed(0)
+    refiner = ClickRefiner(ClickRefinerConfig(size=16, widths=(4, 8))).eval()
+    torch.nn.init.normal_(refiner.out.weight)
+    maps = torch.rand(1, 8, 16, 16)
+    with torch.no_grad():
+        averaged = refiner.flip_averaged(maps)
+        by_hand = (refiner(maps) + refiner(maps.flip(-1)).flip(-1) + refiner(maps.flip(-2)).flip(-2)
+                   + refiner(maps.flip(-1, -2)).flip(-1, -2)) / 4
+        assert torch.allclose(averaged, by_hand, atol=1e-5)
+        assert torch.allclose(refiner.flip_averaged(maps.flip(-1)), averaged.flip(-1), atol=1e-5)
+        assert not torch.allclose(averaged, refiner(maps), atol=1e-3)

@@ -232,9 +232,10 @@ def test_demo_ships_its_corrector_and_the_cli_uses_it_when_asked(tmp_path, capsy
 def test_the_corrector_reads_its_region_normalised_with_the_whole_slice_window(fitted):
     """Only the box region is normalised, with the window resolved on the whole slice: the same pixels
     as normalising the slice and cropping (bit for bit), at the image's size and at another output size."""
+    from skimage.transform import resize
+
     from napari_imedsam.inference.correction import corrector_region, region_maps
     from napari_imedsam.inference.windows import normalize_intensity
-    from skimage.transform import resize
 
     loaded, _, _ = fitted
     image, mask = ellipse_phantoms(1, seed=4)[0]

@@ -94,7 +94,7 @@ def refine_after_click(refiner: ClickRefiner, walked: np.ndarray, box_prob: np.n
     r0, r1, c0, c1 = window
     maps = refiner_maps(read(window), box_prob, walked, uncertainty, points, window, refiner.config)
     with torch.no_grad():
-        delta = refiner(maps[None].to(next(refiner.parameters()).device)).float().cpu()
+        delta = refiner.flip_averaged(maps[None].to(next(refiner.parameters()).device)).float().cpu()
         delta = F.interpolate(delta, size=(r1 - r0, c1 - c0), mode="bilinear", align_corners=False)[0, 0].numpy()
     refined = walked.copy()
     refined[r0:r1, c0:c1] = 1.0 / (1.0 + np.exp(-(logit(walked[r0:r1, c0:c1]) + delta)))
