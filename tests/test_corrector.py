@@ -250,3 +250,22 @@ def test_the_corrector_reads_its_region_normalised_with_the_whole_slice_window(f
         maps = region_maps(prediction, image, None, region)
         np.testing.assert_array_equal(maps[:3], np.moveaxis(whole[r0:r1, c0:c1], -1, 0).astype(np.float32))
         np.testing.assert_array_equal(maps[3], prediction.refined_prob[r0:r1, c0:c1])
+
+
+def test_suggestions_come_with_a_box_s_result_and_not_after_clicks(fitted):
+    """The session asks the corrector about a box's result; once the object has clicks it shows none."""
+    from napari_imedsam.inference.session import AnnotationSession
+
+    loaded, _, _ = fitted
+    image, mask = ellipse_phantoms(1, seed=6)[0]
+    session = AnnotationSession(Predictor(loaded), image, np.zeros(mask.shape, np.int32))
+    corrector = DualFalseCorrector(CorrectorConfig(size=32, widths=(8, 16))).eval()
+    with torch.no_grad():
+        corrector.out.bias.fill_(10.0)  # flips every suspicious pixel: suggestions wherever the model doubts
+    session.corrector = corrector
+    box = box_of_mask(mask)
+    boxed = session.predict(None, box, 1)
+    assert boxed.remove is not None and (boxed.remove > 0).any()
+    row, col = np.argwhere(mask)[len(np.argwhere(mask)) // 2]
+    clicked = session.predict(None, box, 1, points=np.array([[float(col), float(row), 1.0]]))
+    assert clicked.remove is None and clicked.add is None

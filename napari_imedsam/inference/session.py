@@ -217,7 +217,9 @@ class AnnotationSession:
         prediction = self._require_predictor().predict(image, box_xyxy, window=self.window, slice_index=z,
                                                        points=points, mirror=mirror)
         suggestions = None
-        if self.corrector is not None:
+        if self.corrector is not None and (points is None or len(points) == 0):
+            # a box's result only: after clicks the corrector (trained on box results) neither helped nor
+            # hurt on the training images' held-back slices, so its proposals there would only be noise
             from .correction import suggest
 
             suggestions = suggest(self.corrector, prediction, image, self.window)
