@@ -56,3 +56,50 @@ def test_suggestions_accept_under_cursor_all_dismiss_and_undo(docked):
     assert layer.data.any()
     press_key(viewer, "Shift-X")
     assert not layer.data.any() and "dismissed" in dock.status_text()
+
+
+def test_the_bundled_corrector_from_the_load_button_helps_and_steps_aside_for_clicks(make_napari_viewer):
+    """What a `demo` user meets: Load model brings the bundled corrector; a mouse-drawn box on the left
+    ventricle gets suggestions; Shift-D accepts them all and the mask gets closer to the expert's;
+    Shift-Z takes them back; a click on the object leaves it without suggestions."""
+    from qtpy.QtWidgets import QApplication
+
+    from napari_imedsam.evaluation import next_click
+
+    from .conftest import dice, open_image
+    from .user import click
+
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample("napari-imedsam", "ct_thorax")
+    _, dock = viewer.window.add_plugin_dock_widget("napari-imedsam", "I-MedSAM annotator")
+    dock.reset_choices()
+    dock.image_combo.value = viewer.layers["CT thorax"]
+    dock.model_combo.value = "demo"
+    dock.load_button.native.click()
+    dock.wait_until_idle()
+    for _ in range(200):
+        if "ready" in dock.status_text():
+            break
+        QApplication.processEvents()
+    assert dock.state.corrector is not None and dock.state.corrector.header["helps"]
+    image, _, labels = open_image(viewer, dock, None, "CT thorax")  # the view fitted, boxes selected
+    truth = viewer.layers["CT thorax expert masks"]
+    names = {n: v for v, n in truth.metadata["structures"].items()}
+    heart = truth.data == names["heart_ventricle_left_000"]
+    label = draw(viewer, dock, image, heart)
+    layer = viewer.layers[SUGGESTIONS]
+    assert layer.data.any() and "Suggestions" in dock.status_text()
+    before = labels.data.copy()
+    press_key(viewer, "Shift-D")
+    after = dice(labels.data == label, heart)
+    print(f"left ventricle: Dice {dice(before == label, heart):.3f} -> {after:.3f} after accepting all suggestions")
+    assert after > dice(before == label, heart) and not layer.data.any()
+    press_key(viewer, "Shift-Z")
+    np.testing.assert_array_equal(labels.data, before)
+
+    row, col, positive = next_click(labels.data == label, heart)
+    press_key(viewer, "Shift-C" if positive else "Shift-E")
+    click(viewer, image, (row, col))
+    dock.wait_until_idle()
+    assert not (layer.data > 0)[heart].any()  # the clicked object has no suggestions
+    assert dock.session().results[(None, label)].remove is None
