@@ -35,7 +35,8 @@ def region_maps(prediction: Prediction, image: np.ndarray, window: IntensityWind
     out_h, out_w = prediction.refined_prob.shape
     crop = (slice(r0, r1), slice(c0, c1))
     image = as_2d_image(image)
-    resolved = intensity_range(image, window)  # the window resolved on the whole slice, as the model read it
+    # the window resolved on the whole slice, as the model read it (the predictor's, when it resolved it)
+    resolved = prediction.intensity or intensity_range(image, window)
     if image.shape[:2] == (out_h, out_w):
         image01 = resolved.apply(image[crop])  # only the region is normalised
     else:

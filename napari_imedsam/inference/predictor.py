@@ -56,6 +56,7 @@ class Prediction:
     roi: tuple[int, int, int, int]  # (row0, row1, col0, col1) decoded region, output pixels
     n_coarse_exact: int  # points where Dec_c ran at full resolution
     n_refined: int  # points Dec_f refined
+    intensity: IntensityRange | None = None  # the slice's window as resolved for this prediction, when it was
 
     @property
     def refined_mask(self) -> np.ndarray:
@@ -198,6 +199,8 @@ class Predictor:
             result = mirrored(predict_box, image, box, prompt_points)
         else:
             result = predict_box(image, box, prompt_points, where)
+        if resolved is not None:
+            result = replace(result, intensity=resolved)
         return self._apply_clicks(result, image, box, points, resolved)
 
     def _apply_clicks(self, result: Prediction, image: np.ndarray, box: np.ndarray, points: np.ndarray | None,
