@@ -1,6 +1,7 @@
 """The README's suggestions screenshot: the CT thorax sample, the bundled model with its Dual False
 Corrector (`bundled`) or one you trained (a file), mouse-drawn boxes on the left ventricle and the
-aorta, the heatmap off so the suggestions (red: remove, green: add) show. Needs a display:
+aorta, in the default view: the suggestions (blue: remove, green: add) over the uncertainty heatmap.
+Needs a display:
 
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/suggestions_shot.py bundled|CORRECTOR OUT.png
 """
@@ -43,7 +44,6 @@ def main(corrector_file: str, out: str) -> None:
         x0, y0, x1, y1 = box_of_mask(truth.data == names[structure])
         drag_box(viewer, image, (y0, x0), (y1, x1))
         dock.wait_until_idle()
-    dock.show_uncertainty.value = False
     for _ in range(50):
         QApplication.processEvents()
         time.sleep(0.01)

@@ -1,4 +1,4 @@
-"""The corrector's suggestions in napari: a layer showing regions to remove (red) and to add (green)
+"""The corrector's suggestions in napari: a layer showing regions to remove (blue) and to add (green)
 for the objects on the displayed slice; keys accept the one under the cursor, accept all, or dismiss.
 Accepted suggestions are the user's edits (never overwritten by the model, one undo step each)."""
 
@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from .dock import IMedSAMWidget
 
 SUGGESTIONS = "I-MedSAM suggestions"
-COLORS = DirectLabelColormap(color_dict={1: "red", 2: "lime", None: "transparent"})
+# blue, not red: the uncertainty heatmap under them runs red to yellow
+COLORS = DirectLabelColormap(color_dict={1: "blue", 2: "lime", None: "transparent"})
 
 
 class CorrectionActions:
@@ -75,7 +76,7 @@ class CorrectionActions:
             row, col = (int(round(point[a])) for a in in_plane[-2:])
             found = suggestion_at(session, z, row, col)
             if found is None:
-                raise InputError("no suggestion under the cursor: point at a red (remove) or green (add) region")
+                raise InputError("no suggestion under the cursor: point at a blue (remove) or green (add) region")
         except (InputError, ValueError) as exc:
             dock.error(str(exc))
             return

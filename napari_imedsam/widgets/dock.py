@@ -219,7 +219,7 @@ class IMedSAMWidget(QWidget):
             self.labels_layer().refresh()
         suggested = self.corrections.show(result.slice_index) if session.corrector is not None and shown else 0
         if not quiet:
-            hint = ("Suggestions: red = remove, green = add; accept or dismiss them, or correct" if suggested
+            hint = ("Suggestions: blue = remove, green = add; accept or dismiss them, or correct" if suggested
                     else "Correct")
             self.set_status(f"{report.summary()} Mean uncertainty {result.mean_uncertainty:.3f}. "
                             f"{hint} with the label tools, then Accept slice.")
@@ -282,7 +282,9 @@ class IMedSAMWidget(QWidget):
         note = "" if not emptied else (" The slice has no labels left: no longer accepted." if emptied == [None] else
                                        f" No labels left on accepted slice(s) {', '.join(map(str, emptied))}: "
                                        "no longer accepted.")
-        self.set_status(f"Undone: {len(patches)} result(s) of object {patches[0].key[1]}.{note}")
+        objects = sorted({patch.key[1] for patch in patches})
+        whose = f"object {objects[0]}" if len(objects) == 1 else f"objects {', '.join(map(str, objects))}"
+        self.set_status(f"Undone: {len(patches)} result(s) of {whose}.{note}")
 
     def positive_clicks(self) -> None:
         self.clicks.start(positive=True)

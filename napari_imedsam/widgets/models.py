@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .._lazy_imports import guard_triton, preload_torch_libraries, without_collector_pauses
-from ..errors import InputError
+from ..errors import CheckpointError, InputError
 from .controls import CHECKPOINT, UNTRAINED_TINY, version_choices
 
 if TYPE_CHECKING:
@@ -179,7 +179,21 @@ def load_in_worker(source: str, device: str, adapters: str | None, corrector: st
         warnings.simplefilter("ignore")
         loaded = load_model(source, device=device, adapters=adapters)
     if refiner is not None:
-        loaded = loaded.with_click_refiner(refiner)
+        loaded = second_stage_file("click refiner", refiner, loaded.with_click_refiner)
     if corrector is not None:
-        return loaded, load_corrector(corrector, base_sha256=loaded.weights_sha256)
+        return loaded, second_stage_file("corrector", corrector,
+                                         lambda path: load_corrector(path, base_sha256=loaded.weights_sha256))
     return loaded, bundled_corrector(source, loaded.weights_sha256)
+
+
+def second_stage_file(field: str, path: str, load):
+    """`load(path)` for the dock's corrector or click refiner field; a missing or unusable file is an
+    error that names the field and the reason first, the path last (a notification shows only the
+    start of a long message)."""
+    if not Path(path).is_file():
+        raise InputError(f"{field}: no such file: {path}")
+    try:
+        return load(path)
+    except CheckpointError as exc:
+        reason = str(exc).removeprefix(f"{path}: ")
+        raise CheckpointError(f"{field}: {reason} ({path})") from None

@@ -108,5 +108,8 @@ def test_a_click_refiner_chosen_in_the_dock_is_the_one_clicks_use(make_napari_vi
     atomic_save_safetensors({"x": torch.zeros(2)}, not_a_refiner, {"kind": "adapters"})
     dock.refiner_file.value = not_a_refiner
     load()
-    assert "not a click-refiner file" in dock.status_text(), dock.status_text()
+    assert "click refiner: not a click-refiner file" in dock.status_text(), dock.status_text()  # reason first
+    dock.refiner_file.value = tmp_path / "gone.safetensors"
+    load()
+    assert "click refiner: no such file" in dock.status_text(), dock.status_text()
     assert dock.session().predictor.click_refiner.header["trained_on"] == "my slices"  # the model in use stays

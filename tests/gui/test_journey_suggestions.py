@@ -1,4 +1,4 @@
-"""The corrector's suggestions in the dock: shown as red (remove) / green (add) regions, accepted under
+"""The corrector's suggestions in the dock: shown as blue (remove) / green (add) regions, accepted under
 the mouse cursor with a key, all at once, or dismissed; accepted ones are the user's edits and undo."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def test_suggestions_accept_under_cursor_all_dismiss_and_undo(docked):
     layer = viewer.layers[SUGGESTIONS]
     shown = layer.data.copy()
     assert (shown == 1).any() and (shown == 2).any(), "suggestions drawn as remove (1) and add (2)"
-    assert "Suggestions: red = remove, green = add" in dock.status_text()
+    assert "Suggestions: blue = remove, green = add" in dock.status_text()
     order = [lay.name for lay in viewer.layers]
     assert order.index(SUGGESTIONS) > order.index("I-MedSAM labels")
 
