@@ -219,8 +219,12 @@ class IMedSAMWidget(QWidget):
             self.labels_layer().refresh()
         suggested = self.corrections.show(result.slice_index) if session.corrector is not None and shown else 0
         if not quiet:
-            hint = ("Suggestions: blue = remove, green = add; accept or dismiss them, or correct" if suggested
-                    else "Correct")
+            own = [getattr(result, kind, None) for kind in ("remove", "add")]  # this object's (None: not asked)
+            if own[0] is not None and own[1] is not None and not (own[0].any() or own[1].any()):
+                hint = f"The corrector suggests no change to object {result.label}. Correct"
+            else:
+                hint = "Suggestions: blue = remove, green = add; accept or dismiss them, or correct" if suggested \
+                    else "Correct"
             self.set_status(f"{report.summary()} Mean uncertainty {result.mean_uncertainty:.3f}. "
                             f"{hint} with the label tools, then Accept slice.")
             if not self.isVisible():  # the dock is closed: say it where the user looks
@@ -277,7 +281,11 @@ class IMedSAMWidget(QWidget):
         for z in {patch.slice_index for patch in patches}:
             layers.write_maps(z, *session.slice_maps(z))
             self.corrections.show(z)
-        self.labels_layer().refresh()
+        labels = self.labels_layer()
+        labels.refresh()
+        remaining = [key[1] for key in session.results]
+        if int(labels.selected_label) not in remaining and remaining:  # its object is gone: clicks and paint
+            labels.selected_label = remaining[-1]  # go to the newest object left, not to nothing
         emptied = sorted(accepted - session.accepted, key=lambda v: -1 if v is None else v)
         note = "" if not emptied else (" The slice has no labels left: no longer accepted." if emptied == [None] else
                                        f" No labels left on accepted slice(s) {', '.join(map(str, emptied))}: "

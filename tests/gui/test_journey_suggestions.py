@@ -97,6 +97,12 @@ def test_the_bundled_corrector_from_the_load_button_helps_and_steps_aside_for_cl
     press_key(viewer, "Shift-Z")
     np.testing.assert_array_equal(labels.data, before)
 
+    aorta = draw(viewer, dock, image, truth.data == names["aorta_000"])  # a box the corrector leaves alone
+    assert not (layer.data > 0)[labels.data == aorta].any()
+    assert f"The corrector suggests no change to object {aorta}" in dock.status_text()
+    dock.undo()
+    assert labels.selected_label == label  # the undone object is gone: clicks go to the ventricle again
+
     row, col, positive = next_click(labels.data == label, heart)
     press_key(viewer, "Shift-C" if positive else "Shift-E")
     click(viewer, image, (row, col))
