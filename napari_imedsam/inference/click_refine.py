@@ -18,6 +18,8 @@ from torch.nn import functional as F
 from ..model.click_refiner import ClickRefiner, ClickRefinerConfig
 
 Window = tuple[int, int, int, int]  # (row0, row1, col0, col1), half-open
+
+
 class RegionMargins(Protocol):
     """What sizes a second stage's region (the click refiner's and the corrector's configs)."""
 

@@ -283,14 +283,15 @@ class IMedSAMWidget(QWidget):
             self.corrections.show(z)
         labels = self.labels_layer()
         labels.refresh()
+        objects = sorted({patch.key[1] for patch in patches})
         remaining = [key[1] for key in session.results]
-        if int(labels.selected_label) not in remaining and remaining:  # its object is gone: clicks and paint
-            labels.selected_label = remaining[-1]  # go to the newest object left, not to nothing
+        selected = int(labels.selected_label)
+        if selected in objects and selected not in remaining and remaining:  # the undo took its object away:
+            labels.selected_label = remaining[-1]  # clicks and paint go to the newest object left
         emptied = sorted(accepted - session.accepted, key=lambda v: -1 if v is None else v)
         note = "" if not emptied else (" The slice has no labels left: no longer accepted." if emptied == [None] else
                                        f" No labels left on accepted slice(s) {', '.join(map(str, emptied))}: "
                                        "no longer accepted.")
-        objects = sorted({patch.key[1] for patch in patches})
         whose = f"object {objects[0]}" if len(objects) == 1 else f"objects {', '.join(map(str, objects))}"
         self.set_status(f"Undone: {len(patches)} result(s) of {whose}.{note}")
 
