@@ -46,3 +46,25 @@ def select(viewer, layer) -> None:
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(2 * (a & b).sum() / max(1, a.sum() + b.sum()))
+
+
+def thorax_dock_with_demo_chosen(make_napari_viewer):
+    """A shown viewer with the CT thorax sample, the dock opened as the Plugins menu does, the image and
+    `demo` chosen in it, the Load button not yet pressed: (viewer, dock)."""
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample("napari-imedsam", "ct_thorax")
+    _, dock = viewer.window.add_plugin_dock_widget("napari-imedsam", "I-MedSAM annotator")
+    dock.reset_choices()
+    dock.image_combo.value = viewer.layers["CT thorax"]
+    dock.model_combo.value = "demo"
+    return viewer, dock
+
+
+def press_load(dock) -> None:
+    """Click Load model and let the event loop run until the dock says the model is ready, or an error."""
+    dock.load_button.native.click()
+    dock.wait_until_idle()  # the worker is done; the layers come in the next turns
+    for _ in range(200):
+        if "ready" in dock.status_text() or "Error" in dock.status_text():
+            break
+        QApplication.processEvents()

@@ -13,7 +13,7 @@ import pytest
 from napari_imedsam.inference.boxes import box_of_mask
 from napari_imedsam.widgets.layers import LABELS, UNCERTAINTY
 
-from .conftest import dice, open_image, select
+from .conftest import dice, open_image, press_load, select, thorax_dock_with_demo_chosen
 from .user import drag_box, press_key, stroke
 
 pytestmark = pytest.mark.gui
@@ -173,28 +173,16 @@ def test_load_button_adds_the_layers_one_turn_at_a_time_then_says_ready(make_nap
     """The Load button with an image open: the worker loads, then each plugin layer is added in its own
     turn of the event loop (so the window never freezes for all four), in display order, and only then
     does the dock say the model is ready (boxes layer selected, ready to draw)."""
-    from qtpy.QtWidgets import QApplication
-
     from napari_imedsam.widgets.layers import BOXES, COARSE, LayerSet
 
     limits = []
     add_missing = LayerSet.add_missing
     monkeypatch.setattr(LayerSet, "add_missing",
                         lambda self, limit=None: limits.append(limit) or add_missing(self, limit))
-    viewer = make_napari_viewer(show=True)
-    viewer.open_sample("napari-imedsam", "ct_thorax")
-    _, dock = viewer.window.add_plugin_dock_widget("napari-imedsam", "I-MedSAM annotator")
-    dock.reset_choices()
-    dock.image_combo.value = viewer.layers["CT thorax"]
+    viewer, dock = thorax_dock_with_demo_chosen(make_napari_viewer)
     seen = []
     viewer.layers.events.inserted.connect(lambda event: seen.append(event.value.name))
-    dock.model_combo.value = "demo"
-    dock.load_button.native.click()
-    dock.wait_until_idle()  # the worker is done; the layers come in the next turns
-    for _ in range(200):
-        if "ready" in dock.status_text():
-            break
-        QApplication.processEvents()
+    press_load(dock)
     assert "Model demo ready" in dock.status_text(), dock.status_text()
     assert seen == [UNCERTAINTY, COARSE, LABELS, BOXES]
     assert limits[:4] == [1, 1, 1, 1]  # one layer per turn (then the session's own check adds none)

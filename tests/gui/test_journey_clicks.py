@@ -11,7 +11,7 @@ from napari_imedsam.evaluation import next_click
 from napari_imedsam.inference.boxes import box_of_mask
 from napari_imedsam.widgets.clicks import POINTS
 
-from .conftest import dice
+from .conftest import dice, press_load, thorax_dock_with_demo_chosen
 from .test_journey_2d import draw, thorax
 from .user import click, press_key
 
@@ -68,7 +68,6 @@ def test_a_click_refiner_chosen_in_the_dock_is_the_one_clicks_use(make_napari_vi
     better than the walker; a file that is not a click refiner is one clear error and the dock keeps
     working."""
     import napari.utils.notifications
-    from qtpy.QtWidgets import QApplication
 
     from napari_imedsam.model.click_refiner import ClickRefiner, save_click_refiner
 
@@ -77,23 +76,9 @@ def test_a_click_refiner_chosen_in_the_dock_is_the_one_clicks_use(make_napari_vi
     mine = tmp_path / "mine.safetensors"
     save_click_refiner(ClickRefiner(), mine, {"trained_on": "my slices", "helps": False,
                                               "metrics_before": {"score": 0.91}, "metrics": {"score": 0.905}})
-    viewer = make_napari_viewer(show=True)
-    viewer.open_sample("napari-imedsam", "ct_thorax")
-    _, dock = viewer.window.add_plugin_dock_widget("napari-imedsam", "I-MedSAM annotator")
-    dock.reset_choices()
-    dock.image_combo.value = viewer.layers["CT thorax"]
-    dock.model_combo.value = "demo"
-
-    def load() -> None:
-        dock.load_button.native.click()
-        dock.wait_until_idle()
-        for _ in range(200):
-            if "ready" in dock.status_text() or "Error" in dock.status_text():
-                break
-            QApplication.processEvents()
-
+    viewer, dock = thorax_dock_with_demo_chosen(make_napari_viewer)
     dock.refiner_file.value = mine
-    load()
+    press_load(dock)
     assert "Model demo ready" in dock.status_text(), dock.status_text()
     assert dock.session().predictor.click_refiner.header["trained_on"] == "my slices"
     assert dock.state.choices["refiner_file"] == mine  # a reopened dock shows it again
@@ -107,9 +92,9 @@ def test_a_click_refiner_chosen_in_the_dock_is_the_one_clicks_use(make_napari_vi
 
     atomic_save_safetensors({"x": torch.zeros(2)}, not_a_refiner, {"kind": "adapters"})
     dock.refiner_file.value = not_a_refiner
-    load()
+    press_load(dock)
     assert "click refiner: not a click-refiner file" in dock.status_text(), dock.status_text()  # reason first
     dock.refiner_file.value = tmp_path / "gone.safetensors"
-    load()
+    press_load(dock)
     assert "click refiner: no such file" in dock.status_text(), dock.status_text()
     assert dock.session().predictor.click_refiner.header["trained_on"] == "my slices"  # the model in use stays

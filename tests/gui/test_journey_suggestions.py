@@ -62,25 +62,13 @@ def test_the_bundled_corrector_from_the_load_button_helps_and_steps_aside_for_cl
     """What a `demo` user meets: Load model brings the bundled corrector; a mouse-drawn box on the left
     ventricle gets suggestions; Shift-D accepts them all and the mask gets closer to the expert's;
     Shift-Z takes them back; a click on the object leaves it without suggestions."""
-    from qtpy.QtWidgets import QApplication
-
     from napari_imedsam.evaluation import next_click
 
-    from .conftest import dice, open_image
+    from .conftest import dice, open_image, press_load, thorax_dock_with_demo_chosen
     from .user import click
 
-    viewer = make_napari_viewer(show=True)
-    viewer.open_sample("napari-imedsam", "ct_thorax")
-    _, dock = viewer.window.add_plugin_dock_widget("napari-imedsam", "I-MedSAM annotator")
-    dock.reset_choices()
-    dock.image_combo.value = viewer.layers["CT thorax"]
-    dock.model_combo.value = "demo"
-    dock.load_button.native.click()
-    dock.wait_until_idle()
-    for _ in range(200):
-        if "ready" in dock.status_text():
-            break
-        QApplication.processEvents()
+    viewer, dock = thorax_dock_with_demo_chosen(make_napari_viewer)
+    press_load(dock)
     assert dock.state.corrector is not None and dock.state.corrector.header["helps"]
     image, _, labels = open_image(viewer, dock, None, "CT thorax")  # the view fitted, boxes selected
     truth = viewer.layers["CT thorax expert masks"]
