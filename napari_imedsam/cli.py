@@ -95,17 +95,15 @@ def cmd_info(args: argparse.Namespace) -> int:
     if refiner is None:
         print("clicks       random walker around each click (no click refiner)")
     else:
-        scores = {k: refiner.header.get(key, {}).get("dice_3") for k, key in (("walker", "metrics_before"),
-                                                                                ("refined", "metrics"))}
-        measured = (f"; its held-back Dice after 3 clicks {scores['walker']:.4f} -> {scores['refined']:.4f}"
-                    if None not in scores.values() else "")
+        scores = refiner.held_back("dice_3")
+        measured = f"; its held-back Dice after 3 clicks {scores[0]:.4f} -> {scores[1]:.4f}" if scores else ""
         print(f"clicks       random walker around each click, extended by the click refiner{measured}")
     from .model.corrector import bundled_corrector
 
     corrector = bundled_corrector(args.model, loaded.weights_sha256)
     if corrector is not None:
-        scores = [corrector.header.get(key, {}).get("dice") for key in ("metrics_before", "metrics")]
-        measured = f"; its held-back Dice {scores[0]:.4f} -> {scores[1]:.4f}" if None not in scores else ""
+        scores = corrector.held_back("dice")
+        measured = f"; its held-back Dice {scores[0]:.4f} -> {scores[1]:.4f}" if scores else ""
         print(f"corrector    Dual False Corrector bundled (suggestions in the dock){measured}")
     print("trainable parameters by component:")
     total = 0

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .unet import MapUNet
+from .unet import MapUNet, load_second_stage, save_second_stage
 
 CHANNELS = 8  # image (3), box probability, walker probability, uncertainty, positive clicks, negative clicks
 
@@ -56,30 +56,12 @@ class ClickRefiner(MapUNet):
 
 def save_click_refiner(refiner: ClickRefiner, path, header: dict) -> object:
     """Write the refiner's tensors and a header (its config, the base model it was trained on) atomically."""
-    from .weights import atomic_save_safetensors
-
-    return atomic_save_safetensors(refiner.state_dict(), path, {**header, "kind": "click_refiner",
-                                                                "click_refiner": refiner.config.to_dict()},
-                                   overwrite=False)
+    return save_second_stage(refiner, path, header, "click_refiner")
 
 
 def load_click_refiner(path) -> ClickRefiner:
     """A click-refiner file (any base model: it reads maps, not the network's features)."""
-    from ..errors import CheckpointError
-    from .weights import read_safetensors
-
-    tensors, header = read_safetensors(path)
-    if header.get("kind") != "click_refiner" or not isinstance(header.get("click_refiner"), dict):
-        raise CheckpointError(f"{path}: not a click-refiner file (no click_refiner header)")
-    try:
-        settings = dict(header["click_refiner"])
-        settings["widths"] = tuple(settings.get("widths", ClickRefinerConfig.widths))
-        refiner = ClickRefiner(ClickRefinerConfig(**settings))
-        refiner.load_state_dict(tensors)
-    except (TypeError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: click-refiner tensors do not match its header ({exc})") from None
-    refiner.header = header  # what its training measured (`metrics_before`, `metrics`)
-    return refiner.eval().requires_grad_(False)
+    return load_second_stage(path, "click_refiner", lambda settings: ClickRefiner(ClickRefinerConfig(**settings)))
 
 
 def bundled_click_refiner(model_name: str) -> ClickRefiner | None:

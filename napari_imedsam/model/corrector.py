@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .unet import MapUNet
+from .unet import MapUNet, load_second_stage, save_second_stage
 
 CHANNELS = 6  # image (3), refined probability, uncertainty / 0.25, inside-the-box
 ARCHITECTURE = "unet"  # files without it hold the first corrector (4 dilated convolutions): train again
@@ -105,38 +105,25 @@ def correct(corrector: DualFalseCorrector, maps: np.ndarray, uncertainty: np.nda
 
 def save_corrector(corrector: DualFalseCorrector, path, header: dict) -> object:
     """Write the corrector's tensors and a header (its config, the base model it corrects) atomically."""
-    from .weights import atomic_save_safetensors
-
-    return atomic_save_safetensors(corrector.state_dict(), path, {**header, "kind": "corrector",
-                                                                  "corrector": corrector.config.to_dict()},
-                                   overwrite=False)
+    return save_second_stage(corrector, path, header, "corrector")
 
 
 def load_corrector(path, base_sha256: str | None = None) -> DualFalseCorrector:
-    """A corrector file; refuses one trained on another base model (when both hashes are known)."""
+    """A corrector file; refuses one of the first corrector, and one trained on another base model (when
+    both hashes are known)."""
     from ..errors import CheckpointError
-    from .weights import read_safetensors
 
-    tensors, header = read_safetensors(path)
-    if header.get("kind") != "corrector" or not isinstance(header.get("corrector"), dict):
-        raise CheckpointError(f"{path}: not a corrector file (no corrector header)")
-    if header["corrector"].get("architecture") != ARCHITECTURE:
-        raise CheckpointError(f"{path}: a corrector of an earlier napari-imedsam (before the U-Net trunk); "
-                              "train it again with imedsam train --mode corrector")
-    trained_on = header.get("base_sha256")
-    if base_sha256 and trained_on and trained_on != base_sha256:
-        raise CheckpointError(f"{path}: this corrector was trained on another base model "
-                              f"(sha256 {trained_on[:12]}…, loaded {base_sha256[:12]}…)")
-    try:
-        settings = dict(header["corrector"])
-        settings["widths"] = tuple(settings.get("widths", CorrectorConfig.widths))
-        config = CorrectorConfig(**settings)
-        corrector = DualFalseCorrector(config)
-        corrector.load_state_dict(tensors)
-    except (TypeError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: corrector tensors do not match its header ({exc})") from None
-    corrector.header = header  # what its training measured (`helps`, `metrics_before`, `metrics`)
-    return corrector.eval().requires_grad_(False)
+    def check(header: dict) -> None:
+        if header["corrector"].get("architecture") != ARCHITECTURE:
+            raise CheckpointError(f"{path}: a corrector of an earlier napari-imedsam (before the U-Net trunk); "
+                                  "train it again with imedsam train --mode corrector")
+        trained_on = header.get("base_sha256")
+        if base_sha256 and trained_on and trained_on != base_sha256:
+            raise CheckpointError(f"{path}: this corrector was trained on another base model "
+                                  f"(sha256 {trained_on[:12]}…, loaded {base_sha256[:12]}…)")
+
+    return load_second_stage(path, "corrector", lambda settings: DualFalseCorrector(CorrectorConfig(**settings)),
+                             check)
 
 
 def bundled_corrector(model_name: str, base_sha256: str) -> DualFalseCorrector | None:

@@ -59,14 +59,13 @@ def use(self: IMedSAMWidget, loaded, corrector=None, stepwise: bool = False, cho
 def warn_if_unhelpful(stage, what: str, advice: str, key: str = "dice") -> None:
     """A second stage (corrector, click refiner) whose training found no round better than going
     without it: say so once, with the held-back score (`key`) its file records."""
-    header = getattr(stage, "header", None) or {}
-    if header.get("helps") is not False:
+    if (getattr(stage, "header", None) or {}).get("helps") is not False:  # also: no stage, or one made in code
         return
     from napari.utils.notifications import show_warning
 
-    before, after = (header.get(k, {}).get(key) for k in ("metrics_before", "metrics"))
-    scores = f" (held-back Dice {before:.3f} -> {after:.3f})" if before is not None and after is not None else ""
-    show_warning(f"{what} when it was trained{scores}: {advice}")
+    scores = stage.held_back(key)
+    measured = f" (held-back Dice {scores[0]:.3f} -> {scores[1]:.3f})" if scores else ""
+    show_warning(f"{what} when it was trained{measured}: {advice}")
 
 
 def add_layers_stepwise(self: IMedSAMWidget, then) -> None:
