@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from napari_imedsam._sample_data import CT_SAMPLES, load_ct_slice
-from napari_imedsam.inference.clicks import correct_with_clicks
+from napari_imedsam.inference.clicks import correct_with_clicks, owner_of_click
 from napari_imedsam.inference.predictor import Predictor
 from napari_imedsam.model.registry import load_model
 
@@ -166,3 +166,23 @@ def test_click_depths_measured_near_the_mask_equal_those_over_the_whole_slice():
         for region in click_regions(mask, points):
             expected = to_object if region.positive else to_background
             assert region.depth == pytest.approx(expected[region.row, region.col])
+
+
+def test_a_click_goes_to_the_object_it_plainly_concerns_else_to_the_selected_one():
+    labels = np.zeros((60, 100), np.int32)
+    labels[10:30, 10:30] = 1  # object 1, box (8, 8, 32, 32)
+    labels[10:30, 60:80] = 2  # object 2 (selected), box (58, 8, 82, 32)
+    boxes = {1: np.array([8.0, 8, 32, 32]), 2: np.array([58.0, 8, 82, 32])}
+    # a negative click on object 1's mask: object 1 covers too much there
+    assert owner_of_click(labels, boxes, 20, 20, positive=False, selected=2) == 1
+    # a positive click in object 1's box where its mask misses
+    assert owner_of_click(labels, boxes, 31, 31, positive=True, selected=2) == 1
+    # a positive click on object 1's mask asks the selected object to take it
+    assert owner_of_click(labels, boxes, 20, 20, positive=True, selected=2) == 2
+    # in the selected object's box, on its mask, or in no box at all: the selected object
+    assert owner_of_click(labels, boxes, 81, 31, positive=False, selected=2) == 2
+    assert owner_of_click(labels, boxes, 70, 20, positive=False, selected=2) == 2
+    assert owner_of_click(labels, boxes, 45, 50, positive=True, selected=2) == 2
+    # in two other objects' overlapping boxes: no plain owner, the selected object
+    boxes[3] = np.array([20.0, 20, 40, 40])
+    assert owner_of_click(labels, boxes, 31, 31, positive=True, selected=2) == 2

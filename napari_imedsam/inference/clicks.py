@@ -77,6 +77,33 @@ def click_regions(mask: np.ndarray, points: np.ndarray) -> list[ClickRegion]:
     return regions
 
 
+def owner_of_click(labels: np.ndarray, boxes: dict[int, np.ndarray], x: float, y: float, positive: bool,
+                   selected: int) -> int:
+    """The object a click on a slice is for: the selected one, unless the click plainly concerns another.
+
+    `labels` is the slice's label image, `boxes` each object's box (x0, y0, x1, y1) on the slice. A
+    negative click on another object's mask is for that object (it covers too much there). A click
+    outside the selected object's mask and box that lands in exactly one other object's box is for
+    that object. Anything else stays with `selected`, as before (a positive click on a neighbour's mask
+    asks the selected object to take those pixels)."""
+    height, width = labels.shape[:2]
+    row, col = int(np.clip(round(y), 0, height - 1)), int(np.clip(round(x), 0, width - 1))
+    under = int(labels[row, col])
+    if under == selected:
+        return selected
+    if under > 0:
+        return selected if positive else under
+
+    def inside(box: np.ndarray) -> bool:
+        x0, y0, x1, y1 = (float(v) for v in np.asarray(box).reshape(4))
+        return x0 <= x <= x1 and y0 <= y <= y1
+
+    if selected in boxes and inside(boxes[selected]):
+        return selected
+    others = [label for label, box in boxes.items() if label != selected and inside(box)]
+    return others[0] if len(others) == 1 else selected
+
+
 def _window(wrong: list[ClickRegion], shape: tuple[int, int]) -> Window:
     height, width = shape
     return (max(min(math.ceil(r.row - r.freed_radius) for r in wrong) - 2, 0),

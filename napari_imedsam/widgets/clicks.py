@@ -1,6 +1,8 @@
 """Click prompts: positive and negative points on the `I-MedSAM points` layer, per object.
 
-A click belongs to the object selected in the labels layer (the last box's, by default) and re-runs
+A click belongs to the object selected in the labels layer (the last box's, by default), unless it
+plainly concerns another one (`inference.clicks.owner_of_click`: a negative click on another object's
+mask, or a click outside the selected object that lands in one other object's box); it re-runs
 that object on the clicked slice with its box and all its clicks there: only the prompt path and the
 decoders run, never the encoder. Shift-C switches to positive clicks, Shift-E to negative ones,
 Shift-B back to drawing boxes. Undo takes back the result and the click that caused it.
@@ -12,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from napari.layers import Points
+from napari.utils.notifications import show_info
 
 if TYPE_CHECKING:
     from .dock import IMedSAMWidget
@@ -25,6 +28,7 @@ class ClickActions:
         self.dock = dock
         self.positive = True
         self._next_id = 1
+        self._told_routing = False  # the first click that goes to another object than the selected one says so
 
     def layer(self) -> Points | None:
         return self.dock.plugin_layer(POINTS)
@@ -80,14 +84,39 @@ class ClickActions:
         features = layer.features
         # after ids an earlier dock of this viewer gave
         self._next_id = max(self._next_id, int(features["click"].to_numpy().max(initial=0)) + 1)
-        label = int(self.dock.labels_layer().selected_label)
+        labels = self.dock.labels_layer()
+        selected = int(labels.selected_label)
+        owners = []
         for index in event.data_indices:
             index = int(index) + (len(layer.data) if int(index) < 0 else 0)
             if 0 <= index < len(layer.data) and int(features["click"].iloc[index]) == 0:
-                features.loc[index, ["label", "positive", "click"]] = [label, self.positive, self._next_id]
+                owner, slice_index = self._owner(np.asarray(layer.data[index]), selected)
+                features.loc[index, ["label", "positive", "click"]] = [owner, self.positive, self._next_id]
                 self._next_id += 1
+                owners.append((owner, slice_index))
         layer.features = features
-        self.dock.prompter.queue(label)
+        for owner, slice_index in owners:
+            if owner != selected:  # the click plainly concerns another object: it goes there, and so does paint
+                labels.selected_label = owner
+                if not self._told_routing:
+                    self._told_routing = True
+                    show_info(f"I-MedSAM: the click went to object {owner}, the object under it, not to the "
+                              f"selected object {selected}; the labels layer now selects object {owner}.")
+            self.dock.prompter.queue(owner, slice_index)
+
+    def _owner(self, vertex: np.ndarray, selected: int) -> tuple[int, int | None]:
+        """(object, slice) of a click: see `inference.clicks.owner_of_click`."""
+        from ..inference.clicks import owner_of_click
+
+        layers = self.dock.layer_set()
+        slice_index, (x, y, _, _) = layers.box_of(vertex[None])
+        session = self.dock.session()
+        try:
+            labels = session.slice_labels(slice_index)
+        except (IndexError, ValueError):  # a click outside the volume: the prompter says so
+            return selected, slice_index
+        boxes = {label: result.box_xyxy for (z, label), result in session.results.items() if z == slice_index}
+        return owner_of_click(labels, boxes, x, y, self.positive, selected), slice_index
 
     def clicks_for(self, label: int, slice_index: int | None) -> tuple[np.ndarray | None, tuple[int, ...]]:
         """The object's clicks on a slice as (N, 3) rows of (x, y, positive), and their ids."""

@@ -62,6 +62,36 @@ def test_clicks_correct_an_object_without_re_encoding(docked):
     assert new == label + 1
 
 
+def test_a_click_on_another_object_goes_to_that_object(docked, monkeypatch):
+    """Two boxes in a row leave the second object selected; a click that plainly concerns the first one
+    (in its box, outside the second's) corrects the first, selects it, says so once, and leaves the
+    second object's mask alone."""
+    import napari_imedsam.widgets.clicks as clicks_module
+
+    told = []
+    monkeypatch.setattr(clicks_module, "show_info", told.append)
+    viewer, dock = docked
+    image, boxes, labels, truth, names = thorax(viewer, dock)
+    heart = truth == names["heart_ventricle_left_000"]
+    first = draw(viewer, dock, image, heart)
+    second = draw(viewer, dock, image, truth == names["vertebrae_T9_000"])
+    assert int(labels.selected_label) == second
+    before, second_mask = dice(labels.data == first, heart), (labels.data == second).copy()
+    for _ in range(2):
+        row, col, positive = next_click(labels.data == first, heart)
+        press_key(viewer, "Shift-C" if positive else "Shift-E")
+        click(viewer, image, (row, col))
+        dock.wait_until_idle()
+        points = viewer.layers[POINTS]
+        assert int(points.features["label"].iloc[-1]) == first
+        assert int(labels.selected_label) == first
+    after = dice(labels.data == first, heart)
+    print(f"object {first} Dice {before:.3f} -> {after:.3f} after two clicks made with object {second} selected")
+    assert after > before
+    assert np.array_equal(labels.data == second, second_mask)
+    assert len(told) == 1 and f"went to object {first}" in told[0], told
+
+
 def test_a_click_refiner_chosen_in_the_dock_is_the_one_clicks_use(make_napari_viewer, tmp_path, monkeypatch):
     """The dock's 'click refiner' field: Load model with a refiner file trained by the user puts that
     refiner (not the bundled one) behind every click, with a warning when its training found it no
