@@ -201,7 +201,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     options = TrainOptions(mode=args.mode, epochs=args.epochs, max_seconds=args.max_seconds, seed=args.seed,
                            batch_size=args.batch_size, n_points=args.points, zoom=args.zoom,
                            augment=args.augment, val_fraction=args.val_fraction, clicks=args.clicks,
-                           add_sf_fusion=args.sf_fusion,
+                           add_sf_fusion=args.sf_fusion, steps=args.steps,
                            **({"lr_adapters": args.lr_adapters} if args.lr_adapters is not None else {}))
     check_options(options)  # before anything is loaded, trained or written
     check_name(args.name)
@@ -324,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--rounds", type=int, default=2,
                        help="clicks mode: rounds of simulated users (each later round clicks on the refiner so far)")
     train.add_argument("--steps", type=int, default=None,
-                       help="optimizer steps (corrector and clicks modes: default 3000)")
+                       help="optimizer steps, instead of --epochs (corrector and clicks modes: default 3000)")
     train.add_argument("--max-seconds", type=float, default=None)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--batch-size", type=int, default=4)

@@ -188,6 +188,14 @@ def test_train_and_evaluate_cli(tmp_path, capsys):
     assert epistemic[-1]["uncertainty_auroc"] != rows[-1]["uncertainty_auroc"]  # scored by another map
     assert main(["train", "--model", "tiny", "--data", str(images), "--out", str(tmp_path / "o")]) == 2
     assert "expected an I-MedSAM export" in capsys.readouterr().err
+    # --steps counts optimizer steps instead of epochs (it was once ignored outside the second-stage modes)
+    assert main(["train", "--model", "tiny", "--data", str(tmp_path), "--mode", "decoder", "--steps", "2",
+                 "--out", str(tmp_path / "steps")]) == 0
+    out = capsys.readouterr().out
+    assert "; 2 steps in" in out and ("saved" in out.splitlines()[-1]), out
+    assert main(["train", "--model", "tiny", "--data", str(tmp_path), "--mode", "decoder", "--steps", "0",
+                 "--out", str(tmp_path / "steps")]) == 2
+    assert "steps must be a whole number of at least 1, got 0" in capsys.readouterr().err
 
 
 def _free_port() -> str:
