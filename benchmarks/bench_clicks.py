@@ -2,7 +2,7 @@
 
     python benchmarks/bench_clicks.py --images DIR --masks DIR [--model demo] [--corrector FILE|bundled]
                                       [--max-clicks 10] [--limit N] [--mirror] [--json]
-                                      [--click-refiner bundled|none|FILE]
+                                      [--click-refiner bundled|none|FILE] [--ablate-band]
 
 Box first; then each click goes to the centre of the largest remaining error region (positive in a
 miss, negative in a false alarm: `napari_imedsam.evaluation.next_click`), with the box and all
@@ -11,13 +11,16 @@ model's click refiner (`--click-refiner`); with a refiner, the walker alone is m
 too (`walker_` keys). Printed: mean Dice after 0, 1, 3, 5 clicks (`dice_at_clicks`,
 a finished image keeps its Dice), NoC@85 and NoC@90 (mean clicks to reach that Dice; `max_clicks`
 when never). With `--corrector`, the same user may instead accept one suggestion of the Dual False
-Corrector per step (the region that helps most, when one helps): `corrector_` keys.
+Corrector per step (the region that helps most, when one helps): `corrector_` keys. Without a refiner
+the walker also frees the doubtful band joined to each click (`inference.clicks.DOUBT`); `--ablate-band`
+measures the refiner-less walker without that band in the same run (`no_band_` keys).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import warnings
 
 import numpy as np
@@ -81,6 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-clicks", type=int, default=10)
     parser.add_argument("--limit", type=int, default=0, help="first N images only (0: all)")
     parser.add_argument("--mirror", action="store_true", help="the box's prediction averaged over mirror images")
+    parser.add_argument("--ablate-band", action="store_true",
+                        help="also the walker alone without its uncertainty band (no_band_ keys)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     with warnings.catch_warnings():
@@ -99,6 +104,16 @@ def main(argv: list[str] | None = None) -> None:
     if loaded.click_refiner is not None:  # the walker alone, side by side in the same run
         walker = Predictor(loaded, mirror=args.mirror, click_refiner=False)
         row.update(click_summary([simulate(walker, s, args.max_clicks) for s in samples], args.max_clicks, "walker_"))
+    if args.ablate_band:
+        from napari_imedsam.inference import clicks
+
+        walker = Predictor(loaded, mirror=args.mirror, click_refiner=False)
+        kept, clicks.DOUBT = clicks.DOUBT, math.inf  # no pixel is that uncertain: the click's disk only
+        try:
+            row.update(click_summary([simulate(walker, s, args.max_clicks) for s in samples], args.max_clicks,
+                                     "no_band_"))
+        finally:
+            clicks.DOUBT = kept
     if args.corrector:
         from napari_imedsam.model.corrector import chosen_corrector
 

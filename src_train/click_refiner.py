@@ -9,7 +9,8 @@ true mask over the refiner's window. The first round's users see the walker alon
 see the refiner trained so far (what a user of it meets: the next click lands where the refined mask
 is still wrong). Loss: BCE + soft Dice of the refined probability. Validation runs the whole
 simulated user on held-back images and keeps the weights with the best mean Dice after 1, 3 and 5
-clicks; the walker alone is the score to beat, and a run that does not beat it says so.
+clicks; the walker alone (with its uncertainty band, as a user without a refiner gets it) is the
+score to beat, and a run that does not beat it says so.
 """
 
 from __future__ import annotations
@@ -110,9 +111,11 @@ def random_click(rng: np.random.Generator) -> Callable[[np.ndarray, np.ndarray],
 
 
 def simulate(case: Case, refiner: ClickRefiner | None, max_clicks: int, click=next_click,
-             examples: list | None = None, config: ClickRefinerConfig | None = None) -> list[float]:
+             examples: list | None = None, config: ClickRefinerConfig | None = None,
+             band: bool = False) -> list[float]:
     """A simulated user's Dice after 0..max_clicks clicks (with the walker, then `refiner` if given);
-    appends each click's training example, built with `config`, to `examples` if given."""
+    appends each click's training example, built with `config`, to `examples` if given. `band`: the
+    walker frees the doubtful band too, as it does for a user without a refiner (the score to beat)."""
     current = case.prob
     points: list[tuple[float, float, float]] = []
     scores = [dice(current > 0.5, case.truth)]
@@ -124,7 +127,7 @@ def simulate(case: Case, refiner: ClickRefiner | None, max_clicks: int, click=ne
         row, col, positive = placed
         points.append((float(col), float(row), 1.0 if positive else 0.0))
         clicks = np.asarray(points)
-        walked = correct_step(current, case.read, clicks, BETA)
+        walked = correct_step(current, case.read, clicks, BETA, case.uncertainty if band else None)
         if examples is not None:
             examples.append(example(case, walked, clicks, config))
         if refiner is not None and walked is not current:
@@ -170,7 +173,7 @@ def validate(refiner: ClickRefiner | None, cases: list[Case], max_clicks: int) -
     """Mean Dice after 0, 1, 3, 5 clicks of the benchmark's user on `cases`, and their mean over 1, 3, 5."""
     if refiner is not None:
         refiner.eval()
-    curves = np.array([simulate(case, refiner, max_clicks) for case in cases])
+    curves = np.array([simulate(case, refiner, max_clicks, band=refiner is None) for case in cases])
     scores = {f"dice_{n}": float(curves[:, n].mean()) for n in (0, *SCORED_CLICKS) if n <= max_clicks}
     scores["score"] = float(np.mean([scores[f"dice_{n}"] for n in SCORED_CLICKS if n <= max_clicks]))
     return scores

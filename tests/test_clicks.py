@@ -119,8 +119,10 @@ def test_the_predictor_applies_clicks_on_a_real_image_without_re_encoding():
     # normalising only the walker's window gives exactly what the whole normalised slice gives
     from napari_imedsam.inference.preprocess import normalize_intensity
 
-    whole = correct_with_clicks(plain.refined_prob, normalize_intensity(image, None), click)
+    whole = correct_with_clicks(plain.refined_prob, normalize_intensity(image, None), click,
+                                uncertainty=plain.uncertainty)  # without a refiner, the walker frees the doubtful band
     np.testing.assert_array_equal(clicked.refined_prob, whole)
+    walked = correct_with_clicks(plain.refined_prob, normalize_intensity(image, None), click)  # what a refiner extends
 
     # with demo's click refiner (the default): the correction reaches along the mistake, within its window
     from napari_imedsam.inference.click_refine import refiner_window
@@ -130,7 +132,7 @@ def test_the_predictor_applies_clicks_on_a_real_image_without_re_encoding():
     r0, r1, c0, c1 = refiner_window(box, click, truth.shape, loaded.click_refiner.config)
     outside = np.ones(truth.shape, bool)
     outside[r0:r1, c0:c1] = False
-    np.testing.assert_array_equal(refined.refined_prob[outside], clicked.refined_prob[outside])
+    np.testing.assert_array_equal(refined.refined_prob[outside], walked[outside])
 
 
 def test_clicks_reach_the_prompt_encoder_only_for_weights_trained_with_them():
@@ -186,3 +188,23 @@ def test_a_click_goes_to_the_object_it_plainly_concerns_else_to_the_selected_one
     # in two other objects' overlapping boxes: no plain owner, the selected object
     boxes[3] = np.array([20.0, 20, 40, 40])
     assert owner_of_click(labels, boxes, 31, 31, positive=True, selected=2) == 2
+
+
+def test_without_a_refiner_a_click_frees_the_doubtful_band_it_lands_in():
+    """A long strip of object the model missed, where it was unsure: one positive click at one end
+    corrects the whole strip when the uncertainty is given, only the click's neighbourhood without it.
+    Certain pixels are never freed beyond the click's own neighbourhood."""
+    image = np.full((60, 120), 0.1)
+    image[20:40, 10:90] = 0.9
+    truth = image > 0.5
+    probability = np.zeros(image.shape, np.float32)
+    probability[20:40, 10:60] = 0.95  # the model stopped short
+    uncertainty = np.zeros(image.shape, np.float32)
+    uncertainty[18:42, 58:90] = 0.2  # and doubted the rest
+    click = np.array([[66.0, 30.0, 1.0]])  # 7 px into the miss: frees 14 px around it, the band up to 28 px away
+    local = correct_with_clicks(probability, image, click) > 0.5
+    banded = correct_with_clicks(probability, image, click, uncertainty=uncertainty) > 0.5
+    assert dice(banded, truth) > 0.97 and dice(banded, truth) > dice(local, truth) + 0.1
+    assert not banded[:, 92:].any() and not banded[:15].any()  # nothing certain, outside the band, was touched
+    certain = correct_with_clicks(probability, image, click, uncertainty=np.zeros_like(uncertainty)) > 0.5
+    np.testing.assert_array_equal(certain, local)  # no doubt: exactly the walker's local correction

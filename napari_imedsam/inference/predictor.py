@@ -227,7 +227,9 @@ class Predictor:
             def refine(walked: np.ndarray, clicks: np.ndarray) -> np.ndarray:
                 return refine_after_click(self.click_refiner, walked, result.refined_prob, result.uncertainty,
                                           read, box, clicks)
-        return replace(result, refined_prob=correct_with_clicks(result.refined_prob, read, points, refine=refine))
+        doubt = result.uncertainty if refine is None else None  # a refiner reads the uncertainty itself
+        return replace(result, refined_prob=correct_with_clicks(result.refined_prob, read, points, refine=refine,
+                                                                uncertainty=doubt))
 
     def _predict_zoomed(self, image: np.ndarray, box: np.ndarray, resolved: IntensityRange,
                         output_size: tuple[int, int] | None, where: tuple, dense: bool,
