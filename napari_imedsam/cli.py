@@ -229,7 +229,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         for key, value in sorted(result.model.network.state_dict().items()):
             digest.update(key.encode())
             digest.update(value.detach().cpu().contiguous().numpy().tobytes())
-        print(f"rank {rank} final weights sha256 {digest.hexdigest()}")
+        print(f"rank {rank} final weights sha256 {digest.hexdigest()}", flush=True)
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -221,8 +222,8 @@ def _torchrun_train(tmp_path, *options: str) -> tuple[subprocess.CompletedProces
             break
     output = f"stdout:\n{result.stdout[-2000:]}\nstderr:\n{result.stderr[-3000:]}"
     assert result.returncode == 0, output
-    lines = [line.split() for line in result.stdout.splitlines() if "final weights sha256" in line]
-    digests = {words[1]: words[-1] for words in lines}
+    # the two ranks share stdout: their lines can interleave, so each digest is found by pattern
+    digests = dict(re.findall(r"rank (\d+) final weights sha256 ([0-9a-f]{64})", result.stdout))
     assert set(digests) == {"0", "1"}, output
     assert digests["0"] == digests["1"], output  # DDP kept the ranks in lock-step
     return result, out, output

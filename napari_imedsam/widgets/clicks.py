@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from napari.layers import Points
+from napari.utils.colormaps.standardize_color import transform_color
 from napari.utils.notifications import show_info
 
 if TYPE_CHECKING:
@@ -21,6 +22,10 @@ if TYPE_CHECKING:
 
 POINTS = "I-MedSAM points"
 POSITIVE, NEGATIVE = "lime", "red"
+
+
+def to_rgba(name: str) -> np.ndarray:
+    return transform_color(name)[0]
 
 
 class ClickActions:
@@ -57,6 +62,7 @@ class ClickActions:
             self.dock.error(str(exc))
             return
         self.positive = positive
+        layer.selected_data = set()  # napari gives the current colour to the selected points too
         layer.current_face_color = POSITIVE if positive else NEGATIVE
         layer.feature_defaults = {"label": 0, "positive": positive, "click": 0}
         self.dock.viewer.layers.selection.active = layer
@@ -87,14 +93,21 @@ class ClickActions:
         labels = self.dock.labels_layer()
         selected = int(labels.selected_label)
         owners = []
+        colours = np.array(layer.face_color)
         for index in event.data_indices:
             index = int(index) + (len(layer.data) if int(index) < 0 else 0)
-            if 0 <= index < len(layer.data) and int(features["click"].iloc[index]) == 0:
+            # an added point is a new click, whatever features it came with: napari gives it those of
+            # the point selected before (even one undo removed since), so they never say it is new
+            if 0 <= index < len(layer.data):
                 owner, slice_index = self._owner(np.asarray(layer.data[index]), selected)
                 features.loc[index, ["label", "positive", "click"]] = [owner, self.positive, self._next_id]
                 self._next_id += 1
+                colours[index] = to_rgba(POSITIVE if self.positive else NEGATIVE)
                 owners.append((owner, slice_index))
         layer.features = features
+        if owners:
+            layer.face_color = colours  # the sign's colour, whatever colour napari had current
+            layer.feature_defaults = {"label": 0, "positive": self.positive, "click": 0}
         for owner, slice_index in owners:
             if owner != selected:  # the click plainly concerns another object: it goes there, and so does paint
                 labels.selected_label = owner

@@ -62,6 +62,49 @@ def test_clicks_correct_an_object_without_re_encoding(docked):
     assert new == label + 1
 
 
+def deepest_miss(predicted: np.ndarray, target: np.ndarray) -> tuple[int, int]:
+    """The pixel of the object farthest inside what the mask misses."""
+    from scipy import ndimage
+
+    depth = ndimage.distance_transform_edt(np.pad(target & ~predicted, 1))[1:-1, 1:-1]
+    row, col = np.unravel_index(int(np.argmax(depth)), depth.shape)
+    return int(row), int(col)
+
+
+def test_several_clicks_after_one_key_press_each_count_and_undo_then_click_works(docked):
+    """A user presses Shift-C once and clicks three times: every click is its own click (napari copies
+    the selected point's features to the next point: the dock must not take that for an old click),
+    green, and re-runs the object; after Undo the next click counts too. Shift-E then does not recolour
+    the last click."""
+    viewer, dock = docked
+    image, boxes, labels, truth, names = thorax(viewer, dock)
+    target = truth == names["heart_ventricle_left_000"]
+    label = draw(viewer, dock, image, target)
+    press_key(viewer, "Shift-C")
+    points = viewer.layers[POINTS]
+    scores = [dice(labels.data == label, target)]
+    for _ in range(3):
+        click(viewer, image, deepest_miss(labels.data == label, target))
+        dock.wait_until_idle()
+        scores.append(dice(labels.data == label, target))
+    ids = points.features["click"].to_numpy()
+    assert len(ids) == 3 and len(set(ids.tolist())) == 3 and 0 not in ids, ids
+    assert points.features["positive"].all() and (points.features["label"] == label).all()
+    np.testing.assert_allclose(points.face_color[:, :3], np.tile([0.0, 1.0, 0.0], (3, 1)))  # lime
+    assert set(dock.session().results[(None, label)].clicks) == set(ids.tolist())  # the last run used all three
+    print("Dice after 0..3 clicks after one Shift-C:", [round(v, 3) for v in scores])
+    dock.undo_button.clicked()
+    assert len(points.data) == 2
+    before = labels.data.copy()
+    click(viewer, image, deepest_miss(labels.data == label, target))
+    dock.wait_until_idle()
+    assert len(points.data) == 3 and len(set(points.features["click"].tolist())) == 3
+    assert set(dock.session().results[(None, label)].clicks) == set(points.features["click"].tolist())
+    assert not np.array_equal(labels.data, before), "the click after Undo changed nothing"
+    press_key(viewer, "Shift-E")
+    np.testing.assert_allclose(points.face_color[:, :3], np.tile([0.0, 1.0, 0.0], (3, 1)))  # still lime
+
+
 def test_a_click_on_another_object_goes_to_that_object(docked, monkeypatch):
     """Two boxes in a row leave the second object selected; a click that plainly concerns the first one
     (in its box, outside the second's) corrects the first, selects it, says so once, and leaves the
