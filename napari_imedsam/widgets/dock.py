@@ -222,9 +222,11 @@ class IMedSAMWidget(QWidget):
             own = [getattr(result, kind, None) for kind in ("remove", "add")]  # this object's (None: not asked)
             if own[0] is not None and own[1] is not None and not (own[0].any() or own[1].any()):
                 hint = f"The corrector suggests no change to object {result.label}. Correct"
+            elif suggested:
+                whose = "" if own[0] is not None else " (other objects': none after clicks)"
+                hint = f"Suggestions{whose}: blue = remove, green = add; accept or dismiss them, or correct"
             else:
-                hint = "Suggestions: blue = remove, green = add; accept or dismiss them, or correct" if suggested \
-                    else "Correct"
+                hint = "Correct"
             self.set_status(f"{report.summary()} Mean uncertainty {result.mean_uncertainty:.3f}. "
                             f"{hint} with the label tools, then Accept slice.")
             if not self.isVisible():  # the dock is closed: say it where the user looks
