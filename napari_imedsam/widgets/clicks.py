@@ -113,7 +113,7 @@ class ClickActions:
                 labels.selected_label = owner
                 if not self._told_routing:
                     self._told_routing = True
-                    show_info(f"I-MedSAM: click sent to object {owner} (under it), now selected")
+                    show_info(f"I-MedSAM: click sent to object {owner}")  # short: the toast is narrow
             self.dock.prompter.queue(owner, slice_index)
 
     def _owner(self, vertex: np.ndarray, selected: int) -> tuple[int, int | None]:

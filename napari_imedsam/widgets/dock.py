@@ -223,7 +223,7 @@ class IMedSAMWidget(QWidget):
             if own[0] is not None and own[1] is not None and not (own[0].any() or own[1].any()):
                 hint = f"The corrector suggests no change to object {result.label}. Correct"
             elif suggested:
-                whose = "" if own[0] is not None else " (other objects': none after clicks)"
+                whose = "" if own[0] is not None else " for other objects (none after clicks)"
                 hint = f"Suggestions{whose}: blue = remove, green = add; accept or dismiss them, or correct"
             else:
                 hint = "Correct"

@@ -96,5 +96,5 @@ def test_the_bundled_corrector_from_the_load_button_helps_and_steps_aside_for_cl
     click(viewer, image, (row, col))
     dock.wait_until_idle()
     assert not (layer.data > 0)[heart].any()  # the clicked object has no suggestions, and the status does not offer any
-    assert "blue = remove" not in dock.status_text() or "other objects'" in dock.status_text(), dock.status_text()
+    assert "blue = remove" not in dock.status_text() or "for other objects" in dock.status_text(), dock.status_text()
     assert dock.session().results[(None, label)].remove is None
