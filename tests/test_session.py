@@ -40,6 +40,9 @@ def test_box_result_is_written_under_its_label_and_matches_the_predictor(phantom
     assert set(np.unique(session.labels)) == {0, 3}
     assert report.written == report.predicted == direct.refined_mask.sum()
     assert session.results[(None, 3)].mean_uncertainty > 0
+    x0, y0, x1, y1 = box_of_mask(mask)
+    clicked = session.predict(None, box_of_mask(mask), 3, points=np.array([[x0 + 2.4, y0 + 3.6, 1.0], [x1, y1, 0.0]]))
+    assert clicked.claimed_at == ((round(y0 + 3.6), round(x0 + 2.4)),)  # positive clicks only, (row, col)
 
 
 def test_user_paint_and_erase_are_never_overwritten(phantom_session):
@@ -79,6 +82,25 @@ def test_the_more_confident_object_wins_a_pixel_and_the_report_says_so():
     assert (session.labels[8:12, 8:12] != 0).all() and (session.labels == 2).sum() == 4
     session.undo()
     assert (session.labels[8:12, 8:12] == 2).all()
+
+
+def test_a_positive_click_wins_the_contested_patch_it_lands_in():
+    """The first object is surer of two patches the second also claims; the user clicks positive on one
+    of them for the second object: that patch goes to it (the click is the user's word), the other stays."""
+    session = AnnotationSession(None, np.zeros((20, 20), np.float32), np.zeros((20, 20), np.int32))
+    first = np.zeros((20, 20), np.float32)
+    first[2:18, 2:10] = 0.99
+    session.apply(fake_result(1, first))
+    second = np.zeros((20, 20), np.float32)
+    second[4:8, 6:16] = 0.9  # overlaps the first on rows 4-7, columns 6-9
+    second[12:16, 6:16] = 0.9  # and on rows 12-15, columns 6-9
+    clicked = fake_result(2, second)
+    clicked.claimed_at = ((5, 7),)  # a positive click in the upper contested patch
+    report = session.apply(clicked)
+    assert (session.labels[4:8, 6:10] == 2).all() and (session.labels[12:16, 6:10] == 1).all()
+    assert report.taken_from == {1: 16} and report.kept_by == {1: 16}
+    session.undo()
+    assert (session.labels[4:8, 6:10] == 1).all()
 
 
 def test_reprompt_replaces_model_pixels_and_undo_restores(phantom_session):

@@ -4,7 +4,8 @@ It owns the rules of interactive annotation, so the widget only wires layers to 
 - every box is one object with its own label value;
 - pixels the user painted or erased are never overwritten by the model;
 - where two objects' *model* outputs claim a pixel, the more confident prediction there wins
-  (refined probability; a tie goes to the newer result), and a pixel an object gives up goes back
+  (refined probability; a tie goes to the newer result), except on a patch the user clicked with a
+  positive click (that patch goes to the clicked object), and a pixel an object gives up goes back
   to the best other claimant;
 - re-prompting an object replaces what the model wrote for it before, not what the user painted;
 - every write can be undone; the session owns the user-edit mask and the accepted slices.
@@ -40,6 +41,7 @@ class ObjectResult:
     remove: np.ndarray | None = None
     add: np.ndarray | None = None
     clicks: tuple[int, ...] = ()  # ids of the click prompts this result used (the widget's bookkeeping)
+    claimed_at: tuple[tuple[int, int], ...] = ()  # (row, col) of its positive clicks: they win contested patches
 
     @classmethod
     def from_prediction(cls, slice_index: int | None, label: int, prediction: Prediction,
@@ -223,7 +225,12 @@ class AnnotationSession:
             from .correction import suggest
 
             suggestions = suggest(self.corrector, prediction, image, self.window)
-        return ObjectResult.from_prediction(z, label, prediction, suggestions)
+        result = ObjectResult.from_prediction(z, label, prediction, suggestions)
+        if points is not None and len(points):
+            rows, cols = prediction.refined_prob.shape
+            result.claimed_at = tuple((min(max(round(y), 0), rows - 1), min(max(round(x), 0), cols - 1))
+                                      for x, y, positive in np.asarray(points, float).reshape(-1, 3) if positive > 0)
+        return result
 
     def _claim(self, slice_index: int | None, label: int, region: tuple[slice, slice]) -> np.ndarray:
         """Refined probability of `label`'s current result over `region` (0 where it says nothing)."""
@@ -284,6 +291,7 @@ class AnnotationSession:
             if not theirs.any():
                 continue
             wins = theirs & (new_prob >= claims[other]) if (z, other) in self.results else np.zeros_like(theirs)
+            wins |= self._clicked_patches(result, theirs, region)
             lost = int((theirs & ~wins).sum())
             if lost:
                 report.kept_by[other] = lost
@@ -296,6 +304,19 @@ class AnnotationSession:
         if patch.previous_result is not None:
             report.changed = int((view != patch.before).sum())
         return report
+
+    @staticmethod
+    def _clicked_patches(result: ObjectResult, contested: np.ndarray, region: tuple[slice, slice]) -> np.ndarray:
+        """The connected parts of `contested` (over `region`) that hold one of the result's positive clicks."""
+        from scipy import ndimage
+
+        inside = [(row - region[0].start, col - region[1].start) for row, col in result.claimed_at]
+        inside = [(r, c) for r, c in inside if 0 <= r < contested.shape[0] and 0 <= c < contested.shape[1]]
+        if not inside or not contested.any():
+            return np.zeros_like(contested)
+        parts, _ = ndimage.label(contested)
+        hit = [parts[r, c] for r, c in inside if parts[r, c] > 0]
+        return np.isin(parts, hit)
 
     def segment(self, slice_index: int | None, box_xyxy, label: int) -> WriteReport:
         """Predict and apply in one call (scripts, tests)."""
