@@ -318,16 +318,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="decoder (CPU default), adapters (LoRA + FA + decoder), full (every weight), "
                             "fine (the fine INR alone), corrector (a Dual False Corrector on the frozen model), "
                             "clicks (a click refiner on the frozen model, from simulated users)")
-    train.add_argument("--out", required=True, help="output folder; versions go to OUT/adapters/NAME/vNNN")
-    train.add_argument("--name", default="default")
-    train.add_argument("--epochs", type=int, default=20)
+    train.add_argument("--out", required=True, help="output folder; versions go to OUT/KIND/NAME/vNNN (KIND: adapters, "
+                       "or correctors / click_refiners for those modes)")
+    train.add_argument("--name", default="default", help="the result's name, NAME above")
+    train.add_argument("--epochs", type=int, default=20,
+                       help="passes over the training samples, each ended by a validation (adapters / decoder / full)")
     train.add_argument("--rounds", type=int, default=2,
                        help="clicks mode: rounds of simulated users (each later round clicks on the refiner so far)")
     train.add_argument("--steps", type=int, default=None,
                        help="optimizer steps, instead of --epochs (corrector and clicks modes: default 3000)")
-    train.add_argument("--max-seconds", type=float, default=None)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--batch-size", type=int, default=4)
+    train.add_argument("--max-seconds", type=float, default=None,
+                       help="stop after this long and keep the best validated result (default: no limit)")
+    train.add_argument("--seed", type=int, default=0, help="random seed (the held-back split, batches, clicks)")
+    train.add_argument("--batch-size", type=int, default=4, help="samples per step (adapters / decoder / full)")
     train.add_argument("--points", type=int, default=1024, help="query points per sample and step")
     train.add_argument("--augment", action="store_true", help="flips, turns, intensity jitter (adapters/full)")
     train.add_argument("--val-fraction", type=float, default=0.2, help="share of samples held back for validation")
