@@ -122,10 +122,10 @@ class ClickActions:
 
         layers = self.dock.layer_set()
         slice_index, (x, y, _, _) = layers.box_of(vertex[None])
-        session = self.dock.session()
         try:
+            session = self.dock.session()
             labels = session.slice_labels(slice_index)
-        except (IndexError, ValueError):  # a click outside the volume: the prompter says so
+        except (IndexError, ValueError):  # no model yet, or a click outside the volume: the prompter says so
             return selected, slice_index
         boxes = {label: result.box_xyxy for (z, label), result in session.results.items() if z == slice_index}
         return owner_of_click(labels, boxes, x, y, self.positive, selected), slice_index
