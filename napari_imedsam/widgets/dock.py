@@ -11,7 +11,7 @@ import napari
 import numpy as np
 from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QEvent
+from qtpy.QtCore import QEvent, QTimer
 from qtpy.QtWidgets import QWidget
 
 from .._lazy_imports import guard_triton
@@ -27,6 +27,8 @@ from .prompts import BoxPrompter
 from .state import identity
 from .volume import VolumeActions
 from .workers import Workers
+
+FIT_DELAY_MS = 100  # after the dock is shown, the canvas has resized by then
 
 
 class IMedSAMWidget(QWidget):
@@ -390,6 +392,22 @@ class IMedSAMWidget(QWidget):
         if window is not None and not getattr(self, "_watching", False):
             window.installEventFilter(self)
             self._watching = True
+            QTimer.singleShot(FIT_DELAY_MS, self._fit_if_cropped)  # once the canvas has given the dock its room
+
+    def _fit_if_cropped(self) -> None:
+        """The dock narrows the canvas: an image that was fitted to the wider canvas (centred, not panned)
+        is now cropped, so fit it again; a view the user zoomed or panned stays as it is."""
+        try:
+            camera = self.viewer.camera
+            if self.viewer.dims.ndisplay != 2 or self.image_layer() is None:
+                return
+        except RuntimeError:  # the dock or the viewer was closed within FIT_DELAY_MS
+            return
+        zoom, center = camera.zoom, tuple(camera.center)
+        self.viewer.reset_view()
+        fitted_centre = np.allclose(center[-2:], tuple(camera.center)[-2:], atol=1e-3 * max(1.0, abs(max(center))))
+        if not (fitted_centre and zoom > camera.zoom * 1.001):  # not a cropped fitted view: put it back
+            camera.center, camera.zoom = center, zoom
 
     def window_qt(self):
         return QWidget.window(self) if QWidget.window(self) is not self else None

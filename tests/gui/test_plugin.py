@@ -94,3 +94,38 @@ def test_make_demo_window_segments_the_first_box_and_saves_a_screenshot(tmp_path
     assert run.returncode == 0, run.stdout + run.stderr
     assert f"wrote {shot}" in run.stdout and "timed out" not in run.stdout  # the liver box was segmented
     assert np.asarray(Image.open(shot)).std() > 10  # a drawn window, not a blank frame
+
+
+def test_opening_the_dock_refits_an_image_it_would_crop_but_keeps_a_view_the_user_chose(make_napari_viewer):
+    """The dock takes room from the canvas: the CT sample, fitted to the wider canvas, would be cut off
+    left and right; it is fitted again. A view the user zoomed and panned stays as it was."""
+    import time
+
+    from qtpy.QtWidgets import QApplication
+
+    from .user import canvas_widget
+
+    def settle():
+        for _ in range(40):
+            QApplication.processEvents()
+            time.sleep(0.01)
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1400, 900)
+    settle()
+    viewer.open_sample("napari-imedsam", "ct_thorax")
+    image = viewer.layers["CT thorax"]
+    settle()
+    _, dock = viewer.window.add_plugin_dock_widget("napari-imedsam", "I-MedSAM annotator")
+    settle()
+    widget = canvas_widget(viewer)
+    height, width = image.data.shape[:2]
+    for corner in ((0, 0), (height - 1, width - 1)):
+        point = to_canvas(viewer, image, corner)
+        assert 0 <= point.x() <= widget.width() and 0 <= point.y() <= widget.height(), (corner, point)
+
+    viewer.window.remove_dock_widget(dock)
+    viewer.camera.zoom, viewer.camera.center = 6.0, (0.0, 60.0, 90.0)
+    viewer.window.add_plugin_dock_widget("napari-imedsam", "I-MedSAM annotator")
+    settle()
+    assert viewer.camera.zoom == 6.0 and tuple(viewer.camera.center)[-2:] == (60.0, 90.0)
