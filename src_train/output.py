@@ -145,6 +145,21 @@ def save_new_version(folder: Path, save: Callable[[Path], Path]) -> Path:
             release_version(path)
 
 
+def missing_folders(out_dir: str | os.PathLike, name: str, kind: str = "adapters") -> list[Path]:
+    """The folders of `OUT/KIND/NAME` that do not exist yet (what `prepare_output` creates), deepest first."""
+    folder = Path(out_dir) / kind / check_name(name)
+    return [path for path in (folder, folder.parent, folder.parent.parent) if not path.exists()]
+
+
+def remove_if_empty(folders: list[Path]) -> None:
+    """Take back folders a run created and left empty (it saved nothing), deepest first."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (another run wrote there meanwhile), or already gone
+            return
+
+
 def prepare_output(out_dir: str | os.PathLike, name: str, needed_bytes: int, kind: str = "adapters") -> Path:
     """Before training: the version folder (`OUT/KIND/NAME`) can be created and written, and has room for
     the result. Also removes what killed saves left behind. Returns the folder."""

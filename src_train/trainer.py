@@ -39,8 +39,10 @@ from .output import (  # noqa: F401  (MODES, VERSION_PATTERN, next_version_path:
     VERSION_PATTERN,
     check_name,
     check_options,
+    missing_folders,
     next_version_path,
     prepare_output,
+    remove_if_empty,
     save_result,
 )
 
@@ -260,8 +262,10 @@ def train(loaded: LoadedModel, samples: list[Sample], options: TrainOptions, out
             network.add_sf_fusion(network.config.encoder.sf_hidden)
         except ValueError as exc:
             raise InputError(str(exc)) from None
+    created = []  # the output folders this run makes: taken back if it saves nothing
     if rank == 0:  # before any work: the result can be written (folder, permissions, free space)
         saved = _trained_state(network, options.mode).values()
+        created = missing_folders(out_dir, name)
         prepare_output(out_dir, name, sum(t.numel() * t.element_size() for t in saved))
     torch.manual_seed(options.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
     rng = np.random.default_rng(options.seed + rank)  # each rank draws its own batches
@@ -325,6 +329,8 @@ def train(loaded: LoadedModel, samples: list[Sample], options: TrainOptions, out
                          kept_base)
         path = _save(loaded, header, out_dir, name, options.mode, rank, world)
         loaded = replace(loaded, adapter_version=str(path))
+    else:
+        remove_if_empty(created)
     return TrainReport(path, before, after, history, loop.step, time.perf_counter() - start, cancelled,
                        n_train=len(train_set), n_val=len(val_set), kept_base=kept_base and bool(val_set),
                        model=loaded)

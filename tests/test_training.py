@@ -317,6 +317,7 @@ def test_fine_tuning_inherits_how_the_model_is_used_and_never_returns_worse(tmp_
     assert report.n_val == len(val_set) and report.steps == 6
     assert report.kept_base and report.after["dice"] == pytest.approx(report.before["dice"])
     assert report.version_path is None and not report.saved and not list((tmp_path / "out").rglob("v*"))
+    assert not (tmp_path / "out").exists()  # the folders made to check the result could be written are gone
     assert report.model.adapter_version == base.adapter_version and report.model.network is not base.network
     start = base.network.state_dict()
     assert all(torch.equal(v, start[k]) for k, v in report.model.network.state_dict().items())
