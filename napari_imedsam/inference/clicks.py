@@ -111,6 +111,18 @@ def owner_of_click(labels: np.ndarray, boxes: dict[int, np.ndarray], x: float, y
     return others[0] if len(others) == 1 else selected
 
 
+def clicked_patches(clicks_rc: tuple[tuple[int, int], ...], contested: np.ndarray, origin: tuple[int, int]
+                    ) -> np.ndarray:
+    """The connected parts of `contested` (a mask whose top-left pixel is `origin` on the slice) that hold
+    one of the (row, col) positive clicks: those patches go to the clicked object."""
+    inside = [(row - origin[0], col - origin[1]) for row, col in clicks_rc]
+    inside = [(r, c) for r, c in inside if 0 <= r < contested.shape[0] and 0 <= c < contested.shape[1]]
+    if not inside or not contested.any():
+        return np.zeros_like(contested)
+    parts, _ = ndimage.label(contested)
+    return np.isin(parts, [parts[r, c] for r, c in inside if parts[r, c] > 0])
+
+
 def _window(wrong: list[ClickRegion], shape: tuple[int, int], reach: float = 1.0) -> Window:
     height, width = shape
     return (max(min(math.ceil(r.row - reach * r.freed_radius) for r in wrong) - 2, 0),

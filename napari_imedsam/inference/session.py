@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import InputError
 from .boxes import box_of_mask
+from .clicks import clicked_patches
 from .predictor import Prediction, Predictor
 from .windows import IntensityWindow, volume_window
 
@@ -291,7 +292,7 @@ class AnnotationSession:
             if not theirs.any():
                 continue
             wins = theirs & (new_prob >= claims[other]) if (z, other) in self.results else np.zeros_like(theirs)
-            wins |= self._clicked_patches(result, theirs, region)
+            wins |= clicked_patches(result.claimed_at, theirs, (region[0].start, region[1].start))
             lost = int((theirs & ~wins).sum())
             if lost:
                 report.kept_by[other] = lost
@@ -304,19 +305,6 @@ class AnnotationSession:
         if patch.previous_result is not None:
             report.changed = int((view != patch.before).sum())
         return report
-
-    @staticmethod
-    def _clicked_patches(result: ObjectResult, contested: np.ndarray, region: tuple[slice, slice]) -> np.ndarray:
-        """The connected parts of `contested` (over `region`) that hold one of the result's positive clicks."""
-        from scipy import ndimage
-
-        inside = [(row - region[0].start, col - region[1].start) for row, col in result.claimed_at]
-        inside = [(r, c) for r, c in inside if 0 <= r < contested.shape[0] and 0 <= c < contested.shape[1]]
-        if not inside or not contested.any():
-            return np.zeros_like(contested)
-        parts, _ = ndimage.label(contested)
-        hit = [parts[r, c] for r, c in inside if parts[r, c] > 0]
-        return np.isin(parts, hit)
 
     def segment(self, slice_index: int | None, box_xyxy, label: int) -> WriteReport:
         """Predict and apply in one call (scripts, tests)."""

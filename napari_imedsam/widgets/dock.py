@@ -22,7 +22,7 @@ from .clicks import POINTS, ClickActions
 from .controls import AS_DISPLAYED, CHECKPOINT
 from .corrections import CorrectionActions
 from .finetune import FineTuner
-from .layers import BOXES, IMAGE_ID, LABELS, LINK, UNCERTAINTY, LayerSet, image_id
+from .layers import BOXES, IMAGE_ID, LABELS, LINK, UNCERTAINTY, LayerSet, fit_if_cropped, image_id
 from .prompts import BoxPrompter
 from .state import identity
 from .volume import VolumeActions
@@ -395,19 +395,11 @@ class IMedSAMWidget(QWidget):
             QTimer.singleShot(FIT_DELAY_MS, self._fit_if_cropped)  # once the canvas has given the dock its room
 
     def _fit_if_cropped(self) -> None:
-        """The dock narrows the canvas: an image that was fitted to the wider canvas (centred, not panned)
-        is now cropped, so fit it again; a view the user zoomed or panned stays as it is."""
         try:
-            camera = self.viewer.camera
-            if self.viewer.dims.ndisplay != 2 or self.image_layer() is None:
-                return
+            if self.image_layer() is not None:
+                fit_if_cropped(self.viewer)
         except RuntimeError:  # the dock or the viewer was closed within FIT_DELAY_MS
             return
-        zoom, center = camera.zoom, tuple(camera.center)
-        self.viewer.reset_view()
-        fitted_centre = np.allclose(center[-2:], tuple(camera.center)[-2:], atol=1e-3 * max(1.0, abs(max(center))))
-        if not (fitted_centre and zoom > camera.zoom * 1.001):  # not a cropped fitted view: put it back
-            camera.center, camera.zoom = center, zoom
 
     def window_qt(self):
         return QWidget.window(self) if QWidget.window(self) is not self else None

@@ -213,3 +213,16 @@ class LayerSet:
             target[...] = values
             if refresh:
                 layer.refresh()
+
+
+def fit_if_cropped(viewer) -> None:
+    """The dock narrows the canvas: an image that was fitted to the wider canvas (centred, not panned)
+    is now cropped, so fit it again; a view the user zoomed or panned stays as it is (2D display)."""
+    camera = viewer.camera
+    if viewer.dims.ndisplay != 2:
+        return
+    zoom, center = camera.zoom, tuple(camera.center)
+    viewer.reset_view()
+    fitted_centre = np.allclose(center[-2:], tuple(camera.center)[-2:], atol=1e-3 * max(1.0, abs(max(center))))
+    if not (fitted_centre and zoom > camera.zoom * 1.001):  # not a cropped fitted view: put it back
+        camera.center, camera.zoom = center, zoom
