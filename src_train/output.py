@@ -41,13 +41,12 @@ def check_options(options: TrainOptions) -> None:
 
     if options.mode not in MODES:
         raise InputError(f"mode must be one of {MODES}, got {options.mode!r}")
-    for name in ("epochs", "batch_size", "n_points"):
-        value = getattr(options, name)
+    counts = {name: getattr(options, name) for name in ("epochs", "batch_size", "n_points")}
+    if getattr(options, "steps", None) is not None:  # None: count epochs
+        counts["steps"] = options.steps
+    for name, value in counts.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise InputError(f"{name.replace('_', '-')} must be a whole number of at least 1, got {value!r}")
-    steps = getattr(options, "steps", None)
-    if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
-        raise InputError(f"steps must be a whole number of at least 1, got {steps!r}")
     if options.max_seconds is not None and not (number(options.max_seconds) and options.max_seconds > 0):
         raise InputError(f"max-seconds must be a positive number of seconds (omit it for no limit), "
                          f"got {options.max_seconds!r}")

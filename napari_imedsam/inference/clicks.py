@@ -55,15 +55,19 @@ class ClickRegion:
         return max(MIN_RADIUS, GROW * self.depth)
 
 
+def click_pixel(x: float, y: float, shape: tuple[int, ...]) -> tuple[int, int]:
+    """A click at (x, y) -> the (row, col) of the pixel it lands on, clamped to a grid of `shape`."""
+    return int(np.clip(round(y), 0, shape[0] - 1)), int(np.clip(round(x), 0, shape[1] - 1))
+
+
 def click_regions(mask: np.ndarray, points: np.ndarray) -> list[ClickRegion]:
     """Every click (x, y, positive) on `mask`'s grid, with its depth in the region the mask gets wrong.
 
     The distances are measured in the box around the mask and the clicks, one pixel wider (that ring
     is background), which holds every pixel nearest to a click: exact, and a fraction of a big slice."""
     height, width = mask.shape
-    clicks = []
-    for x, y, label in np.asarray(points, dtype=np.float64).reshape(-1, 3):
-        clicks.append((int(np.clip(round(y), 0, height - 1)), int(np.clip(round(x), 0, width - 1)), bool(label > 0)))
+    clicks = [(*click_pixel(x, y, mask.shape), bool(label > 0))
+              for x, y, label in np.asarray(points, dtype=np.float64).reshape(-1, 3)]
     rows_any, cols_any = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     r0 = max(min([row for row, _, _ in clicks] + rows_any[:1].tolist()) - 1, 0)
     r1 = min(max([row for row, _, _ in clicks] + rows_any[-1:].tolist()) + 2, height)
@@ -93,9 +97,7 @@ def owner_of_click(labels: np.ndarray, boxes: dict[int, np.ndarray], x: float, y
     outside the selected object's mask and box that lands in exactly one other object's box is for
     that object. Anything else stays with `selected`, as before (a positive click on a neighbour's mask
     asks the selected object to take those pixels)."""
-    height, width = labels.shape[:2]
-    row, col = int(np.clip(round(y), 0, height - 1)), int(np.clip(round(x), 0, width - 1))
-    under = int(labels[row, col])
+    under = int(labels[click_pixel(x, y, labels.shape)])
     if under == selected:
         return selected
     if under > 0:

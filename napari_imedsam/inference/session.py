@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import InputError
 from .boxes import box_of_mask
-from .clicks import clicked_patches
+from .clicks import click_pixel, clicked_patches
 from .predictor import Prediction, Predictor
 from .windows import IntensityWindow, volume_window
 
@@ -228,8 +228,7 @@ class AnnotationSession:
             suggestions = suggest(self.corrector, prediction, image, self.window)
         result = ObjectResult.from_prediction(z, label, prediction, suggestions)
         if points is not None and len(points):
-            rows, cols = prediction.refined_prob.shape
-            result.claimed_at = tuple((min(max(round(y), 0), rows - 1), min(max(round(x), 0), cols - 1))
+            result.claimed_at = tuple(click_pixel(x, y, prediction.refined_prob.shape)
                                       for x, y, positive in np.asarray(points, float).reshape(-1, 3) if positive > 0)
         return result
 

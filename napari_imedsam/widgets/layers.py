@@ -223,6 +223,6 @@ def fit_if_cropped(viewer) -> None:
         return
     zoom, center = camera.zoom, tuple(camera.center)
     viewer.reset_view()
-    fitted_centre = np.allclose(center[-2:], tuple(camera.center)[-2:], atol=1e-3 * max(1.0, abs(max(center))))
+    fitted_centre = np.allclose(center[-2:], tuple(camera.center)[-2:], atol=1e-3 * max(1.0, *np.abs(center)))
     if not (fitted_centre and zoom > camera.zoom * 1.001):  # not a cropped fitted view: put it back
         camera.center, camera.zoom = center, zoom
