@@ -11,14 +11,10 @@ from .interrupts import StopOnInterrupt
 
 
 def _check_common(args: argparse.Namespace) -> None:
+    from src_train.output import check_run_limits
     from src_train.trainer import check_name
 
-    if args.max_seconds is not None and not args.max_seconds > 0:
-        raise InputError(f"max-seconds must be a positive number of seconds, got {args.max_seconds!r}")
-    if not 0.0 <= args.val_fraction < 1.0:
-        raise InputError(f"val-fraction must be in [0, 1), got {args.val_fraction!r}")
-    if args.steps is not None and args.steps < 1:
-        raise InputError(f"steps must be a whole number of at least 1, got {args.steps!r}")
+    check_run_limits(args.steps, args.max_seconds, args.val_fraction)
     check_name(args.name)
 
 

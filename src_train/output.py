@@ -35,38 +35,44 @@ SPARE_BYTES = 1 << 20
 
 def check_options(options: TrainOptions) -> None:
     """Refuse options that would train nothing, or silently mean something else (0 s as "no limit")."""
-
-    def number(value: object) -> bool:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
     if options.mode not in MODES:
         raise InputError(f"mode must be one of {MODES}, got {options.mode!r}")
-    counts = {name: getattr(options, name) for name in ("epochs", "batch_size", "n_points")}
-    if getattr(options, "steps", None) is not None:  # None: count epochs
-        counts["steps"] = options.steps
-    for name, value in counts.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise InputError(f"{name.replace('_', '-')} must be a whole number of at least 1, got {value!r}")
-    if options.max_seconds is not None and not (number(options.max_seconds) and options.max_seconds > 0):
-        raise InputError(f"max-seconds must be a positive number of seconds (omit it for no limit), "
-                         f"got {options.max_seconds!r}")
-    if not (number(options.val_fraction) and 0.0 <= options.val_fraction < 1.0):
-        raise InputError(f"val-fraction must be in [0, 1), got {options.val_fraction!r}")
-    if not (number(getattr(options, "clicks", 0.0)) and 0.0 <= getattr(options, "clicks", 0.0) <= 1.0):
+    for name in ("epochs", "batch_size", "n_points", "validate_every"):  # validate_every None: a tenth of the steps
+        _check_count(name, getattr(options, name, None), optional=name == "validate_every")
+    check_run_limits(getattr(options, "steps", None), options.max_seconds, options.val_fraction)
+    if not (_number(getattr(options, "clicks", 0.0)) and 0.0 <= getattr(options, "clicks", 0.0) <= 1.0):
         raise InputError(f"clicks must be a fraction in [0, 1], got {options.clicks!r}")
     for name in ("lr_adapters", "lr_decoder", "lr_encoder"):
-        if not (number(getattr(options, name)) and getattr(options, name) > 0):
+        if not (_number(getattr(options, name)) and getattr(options, name) > 0):
             raise InputError(f"{name} must be a positive number, got {getattr(options, name)!r}")
     if getattr(options, "add_sf_fusion", False) and options.mode not in ("adapters", "full"):
         raise InputError(f"--sf-fusion adds encoder adapters: train them in 'adapters' or 'full' mode, "
                          f"not {options.mode!r}")
     margin = options.zoom_margin
-    if margin is not None and not (number(margin) and 0.0 <= margin <= 2.0):
+    if margin is not None and not (_number(margin) and 0.0 <= margin <= 2.0):
         raise InputError(f"zoom_margin must be in 0..2, got {margin!r}")
-    for name in ("steps", "validate_every"):  # optional: None means "by epochs" / "a tenth of the steps"
-        value = getattr(options, name, None)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise InputError(f"{name.replace('_', '-')} must be a whole number of at least 1, got {value!r}")
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_count(name: str, value: object, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InputError(f"{name.replace('_', '-')} must be a whole number of at least 1, got {value!r}")
+
+
+def check_run_limits(steps: int | None, max_seconds: float | None, val_fraction: float) -> None:
+    """What every training mode (second stages included) refuses: `steps` below 1 (None: count epochs or
+    the mode's default), a time limit that is not positive (None: no limit), a validation share outside [0, 1)."""
+    _check_count("steps", steps, optional=True)
+    if max_seconds is not None and not (_number(max_seconds) and max_seconds > 0):
+        raise InputError(f"max-seconds must be a positive number of seconds (omit it for no limit), "
+                         f"got {max_seconds!r}")
+    if not (_number(val_fraction) and 0.0 <= val_fraction < 1.0):
+        raise InputError(f"val-fraction must be in [0, 1), got {val_fraction!r}")
 
 
 def check_name(name: str) -> str:

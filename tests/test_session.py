@@ -10,8 +10,9 @@ from napari_imedsam.inference.boxes import box_of_mask
 from napari_imedsam.inference.predictor import Predictor
 from napari_imedsam.inference.preprocess import InputError
 from napari_imedsam.inference.propagation import propagate, propagate_both
+from napari_imedsam.inference.results import ObjectResult
 from napari_imedsam.inference.review import review_scores
-from napari_imedsam.inference.session import AnnotationSession, ObjectResult
+from napari_imedsam.inference.session import AnnotationSession
 from napari_imedsam.inference.windows import IntensityWindow, normalize_intensity, volume_window
 from napari_imedsam.io.phantoms import phantom_volume
 

@@ -23,7 +23,8 @@ from scipy import ndimage
 
 from ..errors import InputError
 from .boxes import box_of_mask
-from .session import AnnotationSession, ObjectResult
+from .results import ObjectResult
+from .session import AnnotationSession
 from .windows import normalize_intensity
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InputError
-from .session import AnnotationSession, ObjectResult
+from .results import ObjectResult
+from .session import AnnotationSession
 
 KINDS = ("remove", "add")
 

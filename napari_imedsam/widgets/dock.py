@@ -23,6 +23,7 @@ from .controls import AS_DISPLAYED, CHECKPOINT
 from .corrections import CorrectionActions
 from .finetune import FineTuner
 from .layers import BOXES, IMAGE_ID, LABELS, LINK, UNCERTAINTY, LayerSet, fit_if_cropped, image_id
+from .prefetch import Prefetcher
 from .prompts import BoxPrompter
 from .state import identity
 from .volume import VolumeActions
@@ -50,7 +51,7 @@ class IMedSAMWidget(QWidget):
         self.corrections = CorrectionActions(self)
         self.clicks = ClickActions(self)
         self._connected: set[int] = set()
-        self._embedder = None  # BackgroundEmbedder of the current session
+        self.prefetcher = Prefetcher(self)
         self._build_controls()
         actions.register(napari_viewer, self)
         self.viewer.dims.events.current_step.connect(self.prefetch)
@@ -331,38 +332,7 @@ class IMedSAMWidget(QWidget):
 
     def prefetch(self, event=None) -> None:
         """Embed every slice in the background, nearest the displayed slice first (whole-slice models)."""
-        from ..inference.background import BackgroundEmbedder
-
-        predictor = self.state.predictor
-        if predictor is None or predictor.zoom or self.workers.closed or self.labels_layer() is None:
-            return  # no model, or the user removed the plugin's layers: scrolling does not bring them back
-        try:
-            session = self.session()
-        except (InputError, ValueError):
-            return
-        z = self.layer_set().current_slice()
-        embedder = self._embedder
-        if embedder is not None and embedder.session is session and self.workers.is_busy("prefetch"):
-            embedder.center = z  # the running worker restarts its order from here
-            return
-        if embedder is None or embedder.session is not session:
-            if embedder is not None:
-                embedder.stop()
-            embedder = self._embedder = BackgroundEmbedder(session, z, self._busy)
-        embedder.center = z
-        if embedder.pending() and not self.workers.is_busy("prefetch"):
-            embedder.stopped.clear()
-            self.workers.run("prefetch", embedder.run, on_error=lambda message: None, background=True,
-                             on_done=self._prefetch_done)  # a box will report real failures
-
-    def _prefetch_done(self) -> None:
-        """A stopped or finished run: start again if the session, window or slice changed meanwhile."""
-        if self._embedder is not None and not self._embedder.stopped.is_set() and self._embedder.pending():
-            self.prefetch()
-
-    def _busy(self) -> bool:
-        """Work that background embedding yields to (read from its thread)."""
-        return bool(self.prompter.pending) or self.workers.is_busy("box") or self.workers.is_busy("propagate")
+        self.prefetcher.update()
 
     # ---- messages and lifetime --------------------------------------------------------------------
     def set_status(self, text: str) -> None:
@@ -423,8 +393,7 @@ class IMedSAMWidget(QWidget):
     def shutdown(self) -> None:
         """The window closes: cancel propagation and fine-tuning, wait for workers, forget this viewer."""
         self.tuner.cancel()
-        if self._embedder is not None:
-            self._embedder.stop()
+        self.prefetcher.stop()
         self.workers.shutdown()
         actions.unregister(self.viewer, self)
         state.forget(self.viewer)

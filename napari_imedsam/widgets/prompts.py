@@ -138,7 +138,23 @@ class BoxPrompter:
             result.clicks = click_ids
             return result
 
-        dock.workers.run("box", predict, on_result=dock.show_result, on_done=self._after, on_error=self._failed)
+        def show(result) -> None:
+            dock.show_result(result)
+            if points is not None and self._follow_grown_box(label, slice_index, box, result.box_xyxy):
+                dock.set_status(f"{dock.status_text()} The box of object {label} grew to take in the positive "
+                                "click.")
+
+        dock.workers.run("box", predict, on_result=show, on_done=self._after, on_error=self._failed)
+
+    def _follow_grown_box(self, label: int, slice_index: int | None, drawn: np.ndarray, used) -> bool:
+        """A positive click outside the box grew it (`box_with_clicks`): the drawn box shows the box the
+        result used, so what the user sees is what the next click and Undo work with."""
+        used, found, layers = np.asarray(used, float), self.shape_of(label), self.dock.layer_set()
+        grew = bool((used[:2] < drawn[:2] - 0.5).any() or (used[2:] > drawn[2:] + 0.5).any())
+        if not grew or found is None or layers.box_of(found[1])[0] != slice_index:
+            return False
+        self.sync_box(label, slice_index, used, layers.corners_of)
+        return True
 
     def _failed(self, message: str) -> None:
         self.dock.error(message)

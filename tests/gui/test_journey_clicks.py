@@ -171,3 +171,30 @@ def test_a_click_refiner_chosen_in_the_dock_is_the_one_clicks_use(make_napari_vi
     press_load(dock)
     assert "click refiner: no such file" in dock.status_text(), dock.status_text()
     assert dock.session().predictor.click_refiner.header["trained_on"] == "my slices"  # the model in use stays
+
+
+def test_a_positive_click_outside_the_box_grows_the_drawn_box_and_undo_shrinks_it(docked):
+    """A box drawn over half the ventricle, then a positive click on the other half: the object's box grows
+    to take the click in, and the drawn box shows it (it used to stay as drawn, so the user could not see
+    which box the next click would use); Undo puts the drawn box back."""
+    viewer, dock = docked
+    image, boxes, labels, truth, names = thorax(viewer, dock)
+    target = truth == names["heart_ventricle_left_000"]
+    x0, y0, x1, y1 = box_of_mask(target)
+    left = target.copy()
+    left[:, int((x0 + x1) / 2):] = False
+    label = draw(viewer, dock, image, left)
+    drawn = np.array(boxes.data[-1], float)
+    right = target & ~left
+    rows, cols = np.nonzero(right)
+    far = int(np.argmax(cols))
+    press_key(viewer, "Shift-C")
+    click(viewer, image, (int(rows[far]), int(cols[far])))
+    dock.wait_until_idle()
+    grown = np.array(boxes.data[-1], float)
+    assert grown[:, 1].max() >= cols[far] and grown[:, 1].max() > drawn[:, 1].max() + 5, (drawn, grown)
+    np.testing.assert_allclose(dock.session().results[(None, label)].box_xyxy,
+                               [grown[:, 1].min(), grown[:, 0].min(), grown[:, 1].max(), grown[:, 0].max()], atol=0.5)
+    assert "grew to take in the positive click" in dock.status_text()
+    dock.undo_button.clicked()
+    np.testing.assert_allclose(np.array(boxes.data[-1], float), drawn, atol=0.5)
