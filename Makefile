@@ -37,6 +37,7 @@ test-latest:
 	$(LATEST)/bin/python -m pip install --quiet --upgrade pip
 	$(LATEST)/bin/python -m pip install --quiet --upgrade $(TORCH_PINS) -e ".[test]"
 	$(LATEST)/bin/python -m pip freeze --exclude-editable | grep -Ei '^(napari|pandas|numpy|pyqt6|torch|magicgui)=='
+	$(LATEST)/bin/python -m ruff check napari_imedsam src_train tests benchmarks
 	@$(call PYTEST,$(LATEST)/bin/python)
 
 # Move the pins forward: test the newest set, then record it as the constraints.
