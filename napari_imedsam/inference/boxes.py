@@ -39,13 +39,14 @@ def validate_box(box_xyxy: np.ndarray, shape_hw: tuple[int, int]) -> np.ndarray:
         raise InputError(f"a box is 4 numbers x0,y0,x1,y1; got {box_xyxy!r}")
     height, width = shape_hw
     x0, y0, x1, y1 = box
+    shown = ",".join(f"{v:.0f}" for v in box)  # what went wrong first, the numbers rounded: a toast shows little
     if x1 <= x0 or y1 <= y0:
-        raise InputError(f"box {box.tolist()} has zero or negative size (need x1 > x0 and y1 > y0)")
+        raise InputError(f"box has zero or negative size (need x1 > x0 and y1 > y0): {shown}")
     if x1 < 0 or y1 < 0 or x0 > width - 1 or y0 > height - 1:
-        raise InputError(f"box {box.tolist()} lies outside the {width}x{height} (width x height) image")
+        raise InputError(f"box lies outside the {width}x{height} (width x height) image: x0,y0,x1,y1 = {shown}")
     clipped = np.array([max(x0, 0.0), max(y0, 0.0), min(x1, width - 1.0), min(y1, height - 1.0)])
     if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
-        raise InputError(f"box {box.tolist()} covers no area inside the image")
+        raise InputError(f"box covers no area inside the image: x0,y0,x1,y1 = {shown}")
     return clipped
 
 

@@ -101,8 +101,11 @@ class BoxPrompter:
         if found is not None and clicked == box_slice:
             return box_slice, box, kind
         mask = self.dock.session().slice_labels(clicked) == label
-        if not mask.any():
-            raise InputError(f"object {label} has no box and no mask on this slice: draw a box for it first")
+        if not mask.any():  # a click for no object: it goes, or it would shape the next box's object
+            ids = self.dock.clicks.clicks_for(label, clicked)[1]
+            self.dock.clicks.forget(set(ids))
+            raise InputError(f"object {label} has no box and no mask on this slice: draw a box for it first"
+                             + (" (the click was removed)" if ids else ""))
         from ..inference.boxes import box_of_mask
 
         return clicked, box_of_mask(mask) + np.array([-2.0, -2.0, 2.0, 2.0]), "rectangle"
@@ -117,6 +120,7 @@ class BoxPrompter:
         if self.shape_of(label) is None and label not in self.click_slices:
             self.run_next()  # its box was deleted
             return
+        drawn = label not in self.click_slices  # a drawn or edited box, not a click
         try:
             session = dock.session()
             slice_index, box, kind = self._prompt_of(label)
@@ -124,11 +128,13 @@ class BoxPrompter:
             if kind != "rectangle" and label not in self._noted:
                 self._noted.add(label)
                 show_info(f"object {label}: the {kind} on '{dock.boxes_layer().name}' is used as its bounding box")
-            if box[2] - box[0] < 1 or box[3] - box[1] < 1:
-                raise InputError(f"the box of object {label} is {box[2] - box[0]:.0f} x {box[3] - box[1]:.0f} px: "
-                                 "draw a box at least 2 pixels wide and high around the object")
         except (InputError, ValueError) as exc:
             dock.error(str(exc))
+            self.run_next()
+            return
+        problem = box_problem(label, box, session.slice_shape)
+        if problem:
+            dock.error(problem + (self._take_back(label, slice_index) if drawn else ""))
             self.run_next()
             return
         dock.set_status(f"Segmenting object {label}…")
@@ -145,6 +151,13 @@ class BoxPrompter:
                                 "click.")
 
         dock.workers.run("box", predict, on_result=show, on_done=self._after, on_error=self._failed)
+
+    def _take_back(self, label: int, slice_index: int | None) -> str:
+        """A drawn box the model cannot use goes: back to the object's last box when it has a result there,
+        else off the layer (its object number is free again). Returns what the message adds."""
+        result = self.dock.session().results.get((slice_index, label))
+        self.sync_box(label, slice_index, None if result is None else result.box_xyxy, self.dock.layer_set().corners_of)
+        return " The box went back to where it was." if result is not None else " The box was removed."
 
     def _follow_grown_box(self, label: int, slice_index: int | None, drawn: np.ndarray, used) -> bool:
         """A positive click outside the box grew it (`box_with_clicks`): the drawn box shows the box the
@@ -183,3 +196,17 @@ class BoxPrompter:
                 boxes.data = data
         finally:
             self.syncing = False
+
+
+def box_problem(label: int, box: np.ndarray, shape_hw: tuple[int, int]) -> str | None:
+    """Why the model cannot use a box (too thin, outside the image), as the dock says it; None: usable."""
+    from ..inference.boxes import validate_box
+
+    if box[2] - box[0] < 1 or box[3] - box[1] < 1:
+        return (f"the box of object {label} is {box[2] - box[0]:.0f} x {box[3] - box[1]:.0f} px: "
+                "draw a box at least 2 pixels wide and high around the object.")
+    try:
+        validate_box(box, shape_hw)
+    except InputError as exc:
+        return f"object {label}: {exc}."
+    return None

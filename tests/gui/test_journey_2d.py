@@ -108,11 +108,25 @@ def test_non_rectangles_thin_boxes_and_nothing_to_undo(docked, monkeypatch):
     assert dice(labels.data == 1, aorta) > 0.7
     boxes.add_rectangles(np.array([[100.0, 100.0], [140.0, 100.5]]))  # half a pixel wide
     dock.wait_until_idle()
-    assert len(errors) == 1 and "at least 2 pixels" in errors[0]
+    assert len(errors) == 1 and "at least 2 pixels" in errors[0] and "The box was removed" in errors[0]
     assert "Segmenting" not in dock.status_text()
-    boxes.add_rectangles(np.array([[y0, x0], [y1, x1]]))  # the next box still works
+    assert len(boxes.data) == 1  # the layer is as it was before the mistake
+    boxes.add_rectangles(np.array([[-60.0, -80.0], [-5.0, -10.0]]))  # wholly outside the image
     dock.wait_until_idle()
-    assert (labels.data == 3).any()
+    assert len(errors) == 2 and errors[1].startswith("object 2: box lies outside the 258x181"), errors[1]
+    assert "-80,-60,-10,-5" in errors[1] and len(boxes.data) == 1
+    boxes.add_rectangles(np.array([[y0, x0], [y1, x1]]))  # the next box still works, and takes the free number
+    dock.wait_until_idle()
+    assert (labels.data == 2).any() and len(boxes.data) == 2
+    data = list(boxes.data)  # the user moves object 2's box off the image: it goes back, the mask stays
+    data[1] = data[1] - [600.0, 600.0]
+    before = labels.data.copy()
+    boxes.data = data
+    dock.wait_until_idle()
+    assert len(errors) == 3 and "went back to where it was" in errors[2], errors
+    back, moved = np.asarray(boxes.data[1]), data[1] + [600.0, 600.0]
+    np.testing.assert_allclose([back.min(0), back.max(0)], [moved.min(0), moved.max(0)], atol=0.5)
+    np.testing.assert_array_equal(labels.data, before)
 
 
 def test_errors_are_one_clear_message(make_napari_viewer, monkeypatch, tmp_path):

@@ -198,3 +198,23 @@ def test_a_positive_click_outside_the_box_grows_the_drawn_box_and_undo_shrinks_i
     assert "grew to take in the positive click" in dock.status_text()
     dock.undo_button.clicked()
     np.testing.assert_allclose(np.array(boxes.data[-1], float), drawn, atol=0.5)
+
+
+def test_a_click_before_any_box_is_removed_and_does_not_shape_the_next_box(docked, monkeypatch):
+    """Shift-E and a click with no object yet: one message, and the click goes (it stayed on the layer and
+    cut a hole in the next box's mask, which also lost its suggestions as an object 'with clicks')."""
+    errors = []
+    monkeypatch.setattr("napari_imedsam.widgets.dock.show_error", errors.append)
+    viewer, dock = docked
+    image, boxes, labels, truth, names = thorax(viewer, dock)
+    target = truth == names["heart_ventricle_left_000"]
+    press_key(viewer, "Shift-E")
+    click(viewer, image, deepest_miss(np.zeros_like(target), target))
+    dock.wait_until_idle()
+    assert len(errors) == 1 and "has no box" in errors[0] and "the click was removed" in errors[0], errors
+    assert len(viewer.layers[POINTS].data) == 0
+    press_key(viewer, "Shift-B")
+    label = draw(viewer, dock, image, target)
+    result = dock.session().results[(None, label)]
+    assert result.clicks == ()  # a box's result
+    assert (labels.data == label)[deepest_miss(np.zeros_like(target), target)]
