@@ -121,7 +121,10 @@ class TrainReport:
         line = (f"Dice on {self.n_val} held-back sample(s): before {self.before['dice']:.3f} -> "
                 f"after {self.after['dice']:.3f}")
         if self.kept_base:
-            line += " (training did not beat the starting weights on them, so those were kept)"
+            trained = [record.val_dice for record in self.history]
+            reached = f"the trained weights reached {max(trained):.3f} at best, no better" if trained else \
+                "training did not beat the starting weights on them"
+            line += f" ({reached}, so the starting weights were kept)"
         if self.n_val < 3:
             line += f"; only {self.n_val} held back, so this is a rough check: add more samples (accept more slices)"
         return line

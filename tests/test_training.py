@@ -322,6 +322,8 @@ def test_fine_tuning_inherits_how_the_model_is_used_and_never_returns_worse(tmp_
     start = base.network.state_dict()
     assert all(torch.equal(v, start[k]) for k, v in report.model.network.state_dict().items())
     assert "rough check" in report.summary  # fewer than 3 held back
+    best = max(record.val_dice for record in report.history)  # what training reached is said, not only "before"
+    assert best < report.before["dice"] and f"trained weights reached {best:.3f} at best" in report.summary
     options = TrainOptions(mode="decoder", steps=1, val_fraction=0.34, keep_start=False)  # a result to save
     report = train(base, samples, options, tmp_path / "out")
     _, header = read_safetensors(report.version_path)

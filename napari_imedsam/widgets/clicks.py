@@ -28,6 +28,9 @@ def to_rgba(name: str) -> np.ndarray:
     return transform_color(name)[0]
 
 
+MARKER_SCREEN_PX = (8, 16)  # a click marker's smallest and largest size on screen
+
+
 class ClickActions:
     def __init__(self, dock: IMedSAMWidget) -> None:
         self.dock = dock
@@ -44,7 +47,8 @@ class ClickActions:
             layers = self.dock.layer_set()
             n = len(layers.shape)
             layer = Points(np.zeros((0, n)), ndim=n, name=layers.name_for(POINTS), metadata=layers.link(POINTS),
-                           size=7, border_color="white", border_width=0.1,
+                           size=marker_size(layers.shape, layers.axis), canvas_size_limits=MARKER_SCREEN_PX,
+                           border_color="white", border_width=0.1,
                            features={"label": np.zeros(0, int), "positive": np.zeros(0, bool),
                                      "click": np.zeros(0, int)},
                            scale=layers.image.scale[-n:], translate=layers.image.translate[-n:])
@@ -160,3 +164,10 @@ class ClickActions:
             layer.remove_selected()
         finally:
             self.dock.prompter.syncing = False
+
+
+def marker_size(shape: tuple[int, ...], axis: int | None) -> float:
+    """A click's marker in image pixels: about 1 % of the slice's longer side (at least 3), so that it
+    shows at the fitted view and, capped on screen (`MARKER_SCREEN_PX`), hides little when zoomed in."""
+    in_plane = [size for index, size in enumerate(shape) if index != axis][-2:]
+    return max(3.0, 0.01 * max(in_plane))

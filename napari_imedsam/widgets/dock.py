@@ -272,6 +272,7 @@ class IMedSAMWidget(QWidget):
             patches = session.undo()
         except InputError as exc:
             show_info(str(exc))  # "nothing to undo" is not an error
+            self.set_status(f"{str(exc).capitalize()}.")  # not the last undo's line
             return
         layers = self.layer_set()
         for patch in patches:
@@ -298,7 +299,9 @@ class IMedSAMWidget(QWidget):
                                        f" No labels left on accepted slice(s) {', '.join(map(str, emptied))}: "
                                        "no longer accepted.")
         whose = f"object {objects[0]}" if len(objects) == 1 else f"objects {', '.join(map(str, objects))}"
-        self.set_status(f"Undone: {len(patches)} result(s) of {whose}.{note}")
+        what = "accepted suggestion(s)" if all(patch.changed is not None for patch in patches) else \
+            f"{len(patches)} result(s)"  # an accepted suggestion is one edit per object, not a model result
+        self.set_status(f"Undone: {what} of {whose}.{note}")
 
     def positive_clicks(self) -> None:
         self.clicks.start(positive=True)

@@ -77,16 +77,20 @@ class FineTuner:
         try:
             session = dock.session()
             items, slices = self._export_items()
+            folder = self.export_dir()
+            if not items and session.accepted:  # fine-tuning exports what is new too
+                raise InputError(f"the {len(session.accepted)} accepted slice(s) are already exported to {folder}: "
+                                 "accept more slices to export them")
             if not items:
                 raise InputError("no new accepted slices to export: correct a slice, then press Accept slice")
         except (InputError, ValueError, OSError) as exc:
             dock.error(str(exc))
             return
-        folder = self.export_dir()
 
         def exported(cases: list[str]) -> None:
             session.mark_exported(slices)
-            dock.set_status(f"Exported {len(cases)} slice(s) to {folder}")
+            there = len(list((folder / "labelsTr").glob("*.nii.gz")))
+            dock.set_status(f"Exported {len(cases)} slice(s) to {folder} ({there} case(s) there now)")
 
         dock.set_status(f"Exporting {len(items)} slice(s)…")
         dock.workers.run("export", export_slices, folder, items, on_result=exported)
@@ -107,9 +111,6 @@ class FineTuner:
             return
         model = dock.state.model
         mode = "decoder" if model.device.type == "cpu" else "adapters"
-        if mode == "decoder":
-            show_info("No GPU: fine-tuning the decoder only (prompt encoder, upscaling, INRs); the encoder stays "
-                      "frozen.")
         steps = int(dock.steps.value)
         options = {"mode": mode, "steps": steps, "validate_every": max(1, steps // 5), "seed": 0, "lr_decoder": 3e-4,
                    "val_fraction": 0.34}
@@ -129,6 +130,9 @@ class FineTuner:
                 failed("fine-tuning needs at least 2 accepted objects (some are held back to measure Dice); "
                        f"{len(samples)} so far: accept more corrected slices")
                 return
+            if mode == "decoder":  # said once training starts: not before an error that stops it
+                show_info("No GPU: fine-tuning the decoder only (prompt encoder, upscaling, INRs); the encoder "
+                          "stays frozen.")
             dock.set_status(f"Fine-tuning ({mode} mode) on {len(samples)} accepted objects: {steps} steps…")
             dock.workers.run("finetune", _train, candidate, samples, options, dock.workdir.value, folder.name,
                              lambda: self.cancelled, self.signal.step.emit,

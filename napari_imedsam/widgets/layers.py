@@ -32,10 +32,11 @@ UNCERTAINTY_COLORMAP = Colormap(
     controls=[0.0, 0.1, 0.3, 0.6, 1.0], name="imedsam uncertainty",
 )
 BOX_TEXT = {"string": "{label}", "color": "yellow", "anchor": "upper_left", "size": 11}
-# Object colours: bright, and none in the heatmap's red-orange-yellow or the suggestions' red and lime
-# (napari's default palette gives object 1 a dark brown that vanishes on the heatmap). Cycled.
+# Object colours: bright, and none in the heatmap's red-orange-yellow or the suggestions' blue and lime
+# (napari's default palette gives object 1 a dark brown that vanishes on the heatmap; object 3 was a
+# dodger blue a user could not tell from suggested removals). Cycled.
 OBJECT_COLORS = CyclicLabelColormap(colors=np.array([
-    [0, 0, 0, 0], [0.0, 1.0, 1.0, 1], [1.0, 0.0, 1.0, 1], [0.12, 0.56, 1.0, 1], [1.0, 1.0, 1.0, 1],
+    [0, 0, 0, 0], [0.0, 1.0, 1.0, 1], [1.0, 0.0, 1.0, 1], [1.0, 0.75, 0.8, 1], [1.0, 1.0, 1.0, 1],
     [0.6, 0.4, 1.0, 1], [0.5, 1.0, 0.83, 1], [1.0, 0.41, 0.71, 1], [0.53, 0.81, 0.98, 1], [0.25, 0.88, 0.82, 1],
 ]), name="imedsam objects")
 LINK = "imedsam"  # metadata key of a plugin layer: {"role": ..., "image": the image's id}

@@ -100,6 +100,7 @@ def test_non_rectangles_thin_boxes_and_nothing_to_undo(docked, monkeypatch):
     image, boxes, labels, truth, names = thorax(viewer, dock)
     dock.undo()
     assert infos == ["nothing to undo"] and not errors  # not an error
+    assert dock.status_text() == "Nothing to undo."
     aorta = truth == names["aorta_000"]
     x0, y0, x1, y1 = box_of_mask(aorta)
     boxes.add_ellipses(np.array([[(y0 + y1) / 2, (x0 + x1) / 2], [(y1 - y0) / 2 + 1, (x1 - x0) / 2 + 1]]))
@@ -226,16 +227,23 @@ def test_mirror_averaging_from_the_dock_and_it_survives_a_model_reload(docked):
     assert not dock.state.predictor.mirror
 
 
-def test_fine_tuning_on_uncorrected_masks_says_there_was_nothing_to_learn(docked, tmp_path):
+def test_fine_tuning_on_uncorrected_masks_says_there_was_nothing_to_learn(docked, tmp_path, monkeypatch):
     """Accepting the model's own masks unchanged and fine-tuning: the dock says the weights stayed the
     same because the masks match the model, and saves no new version (no copy of the weights it started
-    from in the folder, no duplicate entry in the version list, the live model unchanged)."""
+    from in the folder, no duplicate entry in the version list, the live model unchanged). Fine-tuning
+    with nothing accepted is one message; Export after fine-tuning says the slices are already there."""
+    infos, errors = [], []
+    monkeypatch.setattr("napari_imedsam.widgets.finetune.show_info", infos.append)
+    monkeypatch.setattr("napari_imedsam.widgets.dock.show_error", errors.append)
     viewer, dock = docked
     image, boxes, labels, truth, names = thorax(viewer, dock)
+    dock.workdir.value = str(tmp_path / "work")
+    dock.finetune_button.clicked()
+    dock.wait_until_idle(300000)
+    assert len(errors) == 1 and "at least 2 accepted objects" in errors[0] and not infos, (errors, infos)
     for structure in ("aorta_000", "heart_ventricle_left_000", "vertebrae_T9_000"):
         draw(viewer, dock, image, truth == names[structure])
     dock.accept_button.clicked()
-    dock.workdir.value = str(tmp_path / "work")
     dock.steps.value = 10
     choices, version, model = list(dock.version_combo.choices), dock.version_combo.value, dock.state.model
     dock.finetune_button.clicked()
@@ -251,3 +259,6 @@ def test_fine_tuning_on_uncorrected_masks_says_there_was_nothing_to_learn(docked
         assert "nothing to learn" in dock.status_text(), dock.status_text()
     else:  # the model's own masks, re-predicted from the exported boxes, can differ slightly: then no claim
         assert "nothing to learn" not in dock.status_text()
+    dock.export_button.clicked()  # fine-tuning exported the accepted slice
+    dock.wait_until_idle()
+    assert "1 accepted slice(s) are already exported to" in errors[-1], errors

@@ -49,6 +49,7 @@ def test_suggestions_accept_under_cursor_all_dismiss_and_undo(docked):
 
     dock.undo()  # one undo step takes it back
     np.testing.assert_array_equal(labels.data, before)
+    assert dock.status_text().startswith(f"Undone: accepted suggestion(s) of object {label}."), dock.status_text()
 
     dock.all_suggestions_button.clicked()
     assert not layer.data.any() and "accepted" in dock.status_text()
