@@ -85,6 +85,36 @@ def test_the_more_confident_object_wins_a_pixel_and_the_report_says_so():
     assert (session.labels[8:12, 8:12] == 2).all()
 
 
+def test_an_object_boxed_inside_another_wins_its_pixels_whichever_is_drawn_first():
+    """A lesion boxed inside its organ: the organ's model is surer there (p 0.99 against 0.9), yet the
+    lesion is what the user asked for inside its box. It used to get 0 px ("kept by object 1"). Drawn in
+    either order, re-run, or undone, the lesion keeps its pixels and the organ the rest."""
+    def boxed(label: int, prob: np.ndarray, box) -> ObjectResult:
+        result = fake_result(label, prob)
+        result.box_xyxy = np.asarray(box, float)
+        return result
+
+    organ = np.zeros((20, 20), np.float32)
+    organ[2:18, 2:18] = 0.99
+    lesion = np.zeros((20, 20), np.float32)
+    lesion[8:12, 8:12] = 0.9
+    for order in ((1, 2), (2, 1)):
+        session = AnnotationSession(None, np.zeros((20, 20), np.float32), np.zeros((20, 20), np.int32))
+        results = {1: boxed(1, organ, [1, 1, 18, 18]), 2: boxed(2, lesion, [7, 7, 12, 12])}
+        for label in order:
+            session.apply(results[label])
+        assert (session.labels[8:12, 8:12] == 2).all(), order
+        assert (session.labels == 1).sum() == 16 * 16 - 16
+        session.apply(boxed(1, organ, [1, 1, 18, 18]))  # the organ again (a click, a nudged box): still not
+        assert (session.labels[8:12, 8:12] == 2).all()
+    session = AnnotationSession(None, np.zeros((20, 20), np.float32), np.zeros((20, 20), np.int32))
+    session.apply(boxed(1, organ, [1, 1, 18, 18]))
+    session.apply(boxed(2, lesion, [7, 7, 12, 12]))
+    session.undo()  # the lesion's result taken back: its pixels go back to the organ, which claims them
+    assert (session.labels[2:18, 2:18] == 1).all()
+    # neighbours whose boxes overlap without nesting keep the confidence rule (the test above)
+
+
 def test_a_positive_click_wins_the_contested_patch_it_lands_in():
     """The first object is surer of two patches the second also claims; the user clicks positive on one
     of them for the second object: that patch goes to it (the click is the user's word), the other stays."""

@@ -104,3 +104,12 @@ def box_with_clicks(box_xyxy: np.ndarray, points: np.ndarray | None, shape: tupl
     box[:2] = np.minimum(box[:2], positive.min(axis=0) - pad)
     box[2:] = np.maximum(box[2:], positive.max(axis=0) + pad)
     return np.clip(box, 0, [width - 1, height - 1, width - 1, height - 1])
+
+
+def nested_in(inner_xyxy, outer_xyxy, tolerance: float = 1.0) -> bool:
+    """Whether a box lies inside a larger one (within `tolerance` pixels): a structure inside another (a
+    lesion in its organ). Equal boxes are not nested."""
+    inner, outer = np.asarray(inner_xyxy, np.float64), np.asarray(outer_xyxy, np.float64)
+    inside = (inner[:2] >= outer[:2] - tolerance).all() and (inner[2:] <= outer[2:] + tolerance).all()
+    area = (inner[2] - inner[0]) * (inner[3] - inner[1]), (outer[2] - outer[0]) * (outer[3] - outer[1])
+    return bool(inside and area[0] < area[1])

@@ -4,9 +4,10 @@ It owns the rules of interactive annotation, so the widget only wires layers to 
 - every box is one object with its own label value;
 - pixels the user painted or erased are never overwritten by the model;
 - where two objects' *model* outputs claim a pixel, the more confident prediction there wins
-  (refined probability; a tie goes to the newer result), except on a patch the user clicked with a
-  positive click (that patch goes to the clicked object), and a pixel an object gives up goes back
-  to the best other claimant;
+  (refined probability; a tie goes to the newer result), except that an object whose box lies inside
+  the other's wins (a lesion inside its organ), and on a patch the user clicked with a positive click
+  (that patch goes to the clicked object); a pixel an object gives up goes back to the best other
+  claimant;
 - re-prompting an object replaces what the model wrote for it before, not what the user painted;
 - every write can be undone; the session owns the user-edit mask and the accepted slices.
 Propagation lives in `propagation.py`, the review queue in `review.py`.
@@ -17,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InputError
-from .boxes import box_of_mask
+from .boxes import box_of_mask, nested_in
 from .clicks import click_pixel, clicked_patches
 from .predictor import Predictor
 from .results import LabelPatch, ObjectResult, WriteReport
@@ -199,7 +200,7 @@ class AnnotationSession:
             theirs = target & (view == other)
             if not theirs.any():
                 continue
-            wins = theirs & (new_prob >= claims[other]) if (z, other) in self.results else np.zeros_like(theirs)
+            wins = self._wins(result, other, theirs, new_prob >= claims[other])
             wins |= clicked_patches(result.claimed_at, theirs, (region[0].start, region[1].start))
             lost = int((theirs & ~wins).sum())
             if lost:
@@ -213,6 +214,19 @@ class AnnotationSession:
         if patch.previous_result is not None:
             report.changed = int((view != patch.before).sum())
         return report
+
+    def _wins(self, result: ObjectResult, other: int, theirs: np.ndarray, surer: np.ndarray) -> np.ndarray:
+        """Which of `other`'s model pixels `result` takes (before clicked patches): all of them when its box
+        lies inside the other's (a lesion in its organ), none when the other's lies inside its box, else
+        where it is at least as sure. Pixels of an object without a result (painted ones) are kept."""
+        theirs_result = self.results.get((result.slice_index, other))
+        if theirs_result is None:
+            return np.zeros_like(theirs)
+        if nested_in(result.box_xyxy, theirs_result.box_xyxy):
+            return theirs.copy()
+        if nested_in(theirs_result.box_xyxy, result.box_xyxy):
+            return np.zeros_like(theirs)
+        return theirs & surer
 
     def segment(self, slice_index: int | None, box_xyxy, label: int) -> WriteReport:
         """Predict and apply in one call (scripts, tests)."""
