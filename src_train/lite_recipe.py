@@ -124,7 +124,10 @@ def split_validation(groups: list[list[tuple[str, EncodedExample]]], seed: int, 
 
 def cached_embedding(loaded: LoadedModel, image: np.ndarray, folder: Path) -> Embedding:
     """The whole-slice embedding of `image`, from WORK/embeddings when present (float16 on disk)."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
+
+    from napari_imedsam._atomic import atomic_write
+    from napari_imedsam.model.weights import safetensors_writer
 
     normalized = normalize_intensity(image)
     geometry = Geometry(image.shape[0], image.shape[1], loaded.network.config.encoder.img_size)
@@ -136,10 +139,7 @@ def cached_embedding(loaded: LoadedModel, image: np.ndarray, folder: Path) -> Em
     else:
         with torch.inference_mode():
             tensor = loaded.network.encode(pixels).half()
-        folder.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(".tmp")
-        save_file({"embedding": tensor.contiguous()}, str(temporary))
-        temporary.replace(path)
+        atomic_write(path, safetensors_writer({"embedding": tensor.contiguous()}))
     kept = torch.from_numpy(normalized).permute(2, 0, 1).unsqueeze(0).half()
     return Embedding(tensor, geometry, (), kept)
 

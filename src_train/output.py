@@ -31,6 +31,7 @@ VERSION_PATTERN = re.compile(r"^v(\d{3,})\.safetensors$")
 MARKER_PATTERN = re.compile(r"^\.v(\d{3,})\.reserved$")
 MODES = ("decoder", "adapters", "full", "fine")
 SPARE_BYTES = 1 << 20
+OWNERLESS_MARKER_S = 60.0  # a reservation with no owner written in it this long after its creation is stale
 
 
 def check_options(options: TrainOptions) -> None:
@@ -96,7 +97,12 @@ def _marker_is_stale(marker: Path, folder: Path) -> bool:
         return True  # the version was saved; the marker is no longer needed
     try:
         pid, host = marker.read_text().split(" ", 1)
-    except (OSError, ValueError):
+    except ValueError:  # no owner in it: its writer died (or the disk filled) between creating and writing it
+        try:
+            return time.time() - marker.stat().st_mtime > OWNERLESS_MARKER_S
+        except OSError:
+            return False
+    except OSError:
         return False
     return host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid))
 
@@ -124,8 +130,12 @@ def next_version_path(folder: Path) -> Path:
             fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
             continue
-        with os.fdopen(fd, "w") as handle:
-            handle.write(_owner())
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(_owner())
+        except OSError:  # a full disk: no marker left behind that names no one
+            marker.unlink(missing_ok=True)
+            raise
         path = folder / f"v{number}.safetensors"
         if path.exists():  # saved and released between our listing and our marker
             marker.unlink(missing_ok=True)
@@ -169,6 +179,7 @@ def prepare_output(out_dir: str | os.PathLike, name: str, needed_bytes: int, kin
     """Before training: the version folder (`OUT/KIND/NAME`) can be created and written, and has room for
     the result. Also removes what killed saves left behind. Returns the folder."""
     folder = Path(out_dir) / kind / check_name(name)
+    created = missing_folders(out_dir, name, kind)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         clean_stale(folder)
@@ -182,10 +193,12 @@ def prepare_output(out_dir: str | os.PathLike, name: str, needed_bytes: int, kin
             probe.unlink(missing_ok=True)
         free = shutil.disk_usage(folder).free
     except OSError as exc:
+        remove_if_empty(created)  # a refused run leaves nothing behind
         reason = exc.strerror or str(exc)
         raise InputError(f"{folder}: cannot save the training result there ({reason}); "
                          "choose another output folder") from None
     if free < needed_bytes + SPARE_BYTES:
+        remove_if_empty(created)
         raise InputError(f"{folder}: {free / 1e6:.1f} MB free, the result needs {needed_bytes / 1e6:.1f} MB "
                          f"({os.strerror(errno.ENOSPC)}); free space or choose another output folder")
     return folder

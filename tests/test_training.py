@@ -133,6 +133,36 @@ def test_versions_are_never_overwritten(tmp_path):
     assert next_version_path(folder).name == "v008.safetensors"
 
 
+def test_a_reservation_that_names_no_owner_is_stale_after_a_minute(tmp_path, monkeypatch):
+    """A process killed (or a disk full) between creating `.vNNN.reserved` and writing its owner left an
+    empty marker that no run ever cleaned: every later run skipped that number. Now a fresh empty marker
+    is respected (its writer may be about to fill it in) and one older than a minute is cleaned; and a
+    failed owner write removes its marker at once."""
+    import os
+    import time
+
+    import src_train.output as output
+
+    folder = tmp_path / "adapters" / "liver"
+    folder.mkdir(parents=True)
+    marker = folder / ".v001.reserved"
+    marker.touch()
+    assert next_version_path(folder).name == "v002.safetensors"  # fresh: its writer may be filling it in
+    (folder / ".v002.reserved").unlink()
+    old = time.time() - output.OWNERLESS_MARKER_S - 5
+    os.utime(marker, (old, old))
+    assert next_version_path(folder).name == "v001.safetensors" and marker.read_text()  # cleaned, ours now
+    marker.unlink()
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(output, "_owner", full)
+    with pytest.raises(OSError):
+        next_version_path(folder)
+    assert not list(folder.iterdir())
+
+
 def test_decoder_mode_training_improves_and_saves_versions(tmp_path):
     torch.manual_seed(0)
     export_slices(tmp_path / "data", phantom_slices(10))

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from .._atomic import _host_tag, atomic_write, pid_alive
+from ..model.weights import safetensors_writer
 from .preprocess import Geometry
 
 log = logging.getLogger(__name__)
@@ -191,7 +191,7 @@ class EmbeddingStore:
                 metadata = {"key": repr(item.key), "height": str(item.geometry.height),
                             "width": str(item.geometry.width), "input_size": str(item.geometry.input_size)}
                 tensors = _tensors_of(item)
-                atomic_write(folder / self._name(item.key), lambda tmp, t=tensors, m=metadata: save_file(t, tmp, m))
+                atomic_write(folder / self._name(item.key), safetensors_writer(tensors, metadata))
                 written = sum(t.numel() * t.element_size() for t in tensors.values())
             except OSError as exc:
                 if not self._spill_failed:

@@ -200,15 +200,20 @@ def _append_prompts(path: Path, lines: list[dict]) -> None:
     stays a line of its own (the reader skips and reports it) instead of swallowing the next one."""
     payload = "".join(json.dumps(line, sort_keys=True, allow_nan=False) + "\n" for line in lines).encode()
     flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
-    with os.fdopen(os.open(path, flags, 0o644), "a+b") as handle:
-        size = handle.seek(0, os.SEEK_END)
-        if size:
-            handle.seek(size - 1)
-            if handle.read(1) != b"\n":
-                payload = b"\n" + payload
-        handle.write(payload)
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        with os.fdopen(os.open(path, flags, 0o644), "a+b") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            if size:
+                handle.seek(size - 1)
+                if handle.read(1) != b"\n":
+                    payload = b"\n" + payload
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:  # a full disk mid-write: name the file
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
 
 
 def _read_dataset_json(folder: Path) -> dict:

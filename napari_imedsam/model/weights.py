@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
+from safetensors.torch import save as serialize_safetensors
 from torch.nn import functional as F
 
 from .._atomic import atomic_write
@@ -146,7 +147,19 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.Pat
     `overwrite=False` never replaces an existing file (`FileExistsError`)."""
     contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     metadata = {HEADER_KEY: json.dumps(header, sort_keys=True)}
-    return atomic_write(path, lambda tmp: save_file(contiguous, tmp, metadata=metadata), overwrite=overwrite)
+    return atomic_write(path, safetensors_writer(contiguous, metadata), overwrite=overwrite)
+
+
+def safetensors_writer(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None):
+    """A writer for `atomic_write`: the safetensors bytes written by us, not by `save_file`, which reports a
+    full disk as its own error type (not an OSError: no rescue, a traceback) and stages its own hidden
+    temporary that a kill -9 leaves behind where nothing cleans it up."""
+    def write(target: str) -> None:
+        data = serialize_safetensors(tensors, metadata=metadata)
+        with open(target, "wb") as handle:
+            handle.write(data)
+
+    return write
 
 
 def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

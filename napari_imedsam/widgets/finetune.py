@@ -74,6 +74,8 @@ class FineTuner:
         from ..io.export import export_slices
 
         dock = self.dock
+        if self._writing("an export"):
+            return
         try:
             session = dock.session()
             items, slices = self._export_items()
@@ -99,8 +101,7 @@ class FineTuner:
         """Export what is new, then train a copy of the model; both in workers. The result is loaded
         when done."""
         dock = self.dock
-        if dock.workers.is_busy("finetune"):
-            dock.error("fine-tuning is already running")
+        if self._writing("fine-tuning"):
             return
         try:
             session = dock.session()
@@ -139,6 +140,17 @@ class FineTuner:
                              on_result=self._finished, on_done=self._done)
 
         dock.workers.run("finetune", _prepare, model, items, folder, on_result=prepared, on_error=failed)
+
+    def _writing(self, asked: str) -> bool:
+        """Whether an export or a fine-tuning run (which exports first) is still going: then `asked` is
+        refused with one message. Both export the accepted slices not marked exported yet, and a slice is
+        marked when its export ends: a second one started meanwhile would write the same slices again."""
+        busy = next((name for name in ("export", "finetune") if self.dock.workers.is_busy(name)), None)
+        if busy is not None:
+            running = "an export" if busy == "export" else "fine-tuning"
+            self.dock.error(f"{running} is already running" if running == asked else
+                            f"{running} is still running: {asked} can start when it ends")
+        return busy is not None
 
     def _on_step(self, step: int, total: int) -> None:
         self.dock.progress.value = step

@@ -262,3 +262,28 @@ def test_fine_tuning_on_uncorrected_masks_says_there_was_nothing_to_learn(docked
     dock.export_button.clicked()  # fine-tuning exported the accepted slice
     dock.wait_until_idle()
     assert "1 accepted slice(s) are already exported to" in errors[-1], errors
+
+
+def test_export_clicked_again_before_it_ends_writes_each_slice_once(docked, tmp_path, monkeypatch):
+    """A double-click on Export, then Fine-tune at once: both would export the slices not marked exported
+    yet (marked when the first export ends), so the slice became two cases and a copy of a training slice
+    was held back to validate on. Now the second and third presses are refused with one message each."""
+    from napari_imedsam.io.export import read_prompts
+
+    errors = []
+    monkeypatch.setattr("napari_imedsam.widgets.dock.show_error", errors.append)
+    viewer, dock = docked
+    image, boxes, labels, truth, names = thorax(viewer, dock)
+    dock.workdir.value = str(tmp_path / "work")
+    for structure in ("aorta_000", "heart_ventricle_left_000"):
+        draw(viewer, dock, image, truth == names[structure])
+    dock.accept_button.clicked()
+    dock.export_button.clicked()
+    dock.export_button.clicked()  # the first export's worker is still running
+    dock.finetune_button.clicked()
+    dock.wait_until_idle(60000)
+    assert errors == ["an export is already running",
+                      "an export is still running: fine-tuning can start when it ends"], errors
+    [folder] = (tmp_path / "work" / "exports").iterdir()
+    assert sorted({row["case"] for row in read_prompts(folder)}) == ["imedsam_00001"]
+    assert "(1 case(s) there now)" in dock.status_text(), dock.status_text()
