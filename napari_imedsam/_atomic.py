@@ -67,7 +67,10 @@ def _stage(path: Path, writer: Writer) -> Path:
 def _publish(tmp: Path, path: Path, overwrite: bool) -> None:
     """Rename `tmp` to `path`; without `overwrite`, link it there instead (fails if `path` exists)."""
     if overwrite:
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:  # e.g. an immutable target: name it, not the hidden temporary
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
         return
     try:
         os.link(tmp, path)
