@@ -136,18 +136,23 @@ def propagate(session: AnnotationSession, slice_index: int, label: int, directio
     """Segment the object slice after slice in `direction` (+1 or -1) from `slice_index`'s labels.
 
     The start is the object's current labels on that slice (the model result with the user's
-    corrections). Yields results without applying them: the caller applies them (on the GUI thread
-    in the widget). The generator's return value (StopIteration.value) is the reason it stopped.
+    corrections), plus its model mask under other objects. Yields results without applying them: the
+    caller applies them (on the GUI thread in the widget). The generator's return value
+    (StopIteration.value) is the reason it stopped.
     """
     if not session.is_volume:
         raise InputError("propagation needs a 3D volume")
     if direction not in (1, -1):
         raise InputError("direction must be +1 or -1")
     z = session.check_slice(slice_index)
-    previous = session.slice_labels(z) == label
+    labels = session.slice_labels(z)
+    previous = labels == label
     if not previous.any():
         raise InputError(f"object {label} has no pixels on slice {slice_index}: draw a box first")
     start = session.results.get((z, label))
+    if start is not None:  # the object goes on under objects that hold some of its pixels (a lesion inside it):
+        # its extent there, not only what it owns, is what the next slice's mask is compared with
+        previous |= start.full("refined_mask", session.slice_shape) & (labels > 0)
     start_uncertainty = start.mean_uncertainty if start is not None else 0.0
     if start is None:  # painted only: ask the model once to know how sure it is about this object
         start_uncertainty = session.predict(z, _padded_box(previous, rules.box_pad), label,
@@ -169,7 +174,7 @@ def propagate(session: AnnotationSession, slice_index: int, label: int, directio
         yield _restricted(result, mask)
         previous = mask
         z += direction
-    return "reached the end of the volume"
+    return "reached the last slice" if direction > 0 else "reached the first slice"
 
 
 def propagate_both(session: AnnotationSession, slice_index: int, label: int, reasons: list[str] | None = None,

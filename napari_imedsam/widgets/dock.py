@@ -22,7 +22,7 @@ from .clicks import POINTS, ClickActions
 from .controls import AS_DISPLAYED, CHECKPOINT
 from .corrections import CorrectionActions
 from .finetune import FineTuner
-from .layers import BOXES, IMAGE_ID, LABELS, LINK, UNCERTAINTY, LayerSet, fit_if_cropped, image_id
+from .layers import BOXES, IMAGE_ID, LABELS, LINK, UNCERTAINTY, LayerSet, fit_if_cropped, fit_view_to, image_id
 from .prefetch import Prefetcher
 from .prompts import BoxPrompter
 from .state import identity
@@ -119,7 +119,7 @@ class IMedSAMWidget(QWidget):
             if previous is not None:  # fit the view when the extent differs (2D <-> 3D included)
                 before, now = np.asarray(previous.extent.world), np.asarray(image.extent.world)
                 if before.shape != now.shape or not np.allclose(before, now):
-                    self.viewer.reset_view()
+                    fit_view_to(self.viewer, image)
             self.set_status(f"Annotating '{image.name}'. Draw a box on it; its work is kept apart from the other "
                             "images'.")
         models.image_changed(self)
@@ -370,7 +370,7 @@ class IMedSAMWidget(QWidget):
     def _fit_if_cropped(self) -> None:
         try:
             if self.image_layer() is not None:
-                fit_if_cropped(self.viewer)
+                fit_if_cropped(self.viewer, self.image_layer())
         except RuntimeError:  # the dock or the viewer was closed within FIT_DELAY_MS
             return
 

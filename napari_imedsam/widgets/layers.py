@@ -216,14 +216,21 @@ class LayerSet:
                 layer.refresh()
 
 
-def fit_if_cropped(viewer) -> None:
+def fit_view_to(viewer, image) -> None:
+    """Fit the view to `image` alone: hidden images of other sizes must not count (napari fits all layers).
+    An image with fewer dimensions than the viewer (a 2D slice beside a volume) cannot be fitted alone by
+    napari; then all layers are."""
+    viewer.reset_view(layers=[image] if image.ndim == viewer.dims.ndim else None)
+
+
+def fit_if_cropped(viewer, image) -> None:
     """The dock narrows the canvas: an image that was fitted to the wider canvas (centred, not panned)
     is now cropped, so fit it again; a view the user zoomed or panned stays as it is (2D display)."""
     camera = viewer.camera
     if viewer.dims.ndisplay != 2:
         return
     zoom, center = camera.zoom, tuple(camera.center)
-    viewer.reset_view()
+    fit_view_to(viewer, image)
     fitted_centre = np.allclose(center[-2:], tuple(camera.center)[-2:], atol=1e-3 * max(1.0, *np.abs(center)))
     if not (fitted_centre and zoom > camera.zoom * 1.001):  # not a cropped fitted view: put it back
         camera.center, camera.zoom = center, zoom

@@ -58,7 +58,7 @@ class VolumeActions:
             dock.cancel_button.enabled = False
             if written:
                 dock.set_status(f"Object {label} propagated to {len(written)} slices ({min(written)}–{max(written)}); "
-                                f"stopped at {'; '.join(self.stop_reasons) or 'your request'}. "
+                                f"{'; '.join(self.stop_reasons) or 'stopped at your request'}. "
                                 "Next uncertain slice shows where to check first.")
             else:
                 dock.set_status(f"Object {label} was not propagated: {'; '.join(self.stop_reasons)}.")
