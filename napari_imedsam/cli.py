@@ -211,7 +211,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"training {loaded.model_id} in {args.mode} mode on {len(samples)} samples from {args.data}")
 
     def report(record: EpochRecord) -> None:
-        print(f"  epoch {record.epoch:3d}  loss {record.loss:.4f}  val Dice {record.val_dice:.4f}  "
+        unit = "round" if options.steps else "epoch"  # under --steps: validation rounds, not passes over the data
+        print(f"  {unit} {record.epoch:3d}  loss {record.loss:.4f}  val Dice {record.val_dice:.4f}  "
               f"({record.seconds:.0f} s)", flush=True)
 
     with StopOnInterrupt() as interrupted:
@@ -223,7 +224,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if result.saved:
         print(f"saved {result.version_path}" + (" (a whole model: use it with --model)" if whole else ""))
     else:
-        print("no new version saved: the result is the weights training started from")
+        print("no new version saved: the result is the weights training started from"
+              + (" (the masks are what the model already predicts: nothing to learn; correct them where it is "
+                 "wrong)" if result.n_val and result.before.get("dice", 0.0) >= 0.999 else ""))
     if world_size() > 1:  # the ranks' weights must agree: each prints its digest
         digest = hashlib.sha256()
         for key, value in sorted(result.model.network.state_dict().items()):

@@ -224,6 +224,7 @@ def test_train_and_evaluate_cli(tmp_path, capsys):
                  "--out", str(tmp_path / "steps")]) == 0
     out = capsys.readouterr().out
     assert "; 2 steps in" in out and ("saved" in out.splitlines()[-1]), out
+    assert "  round   1" in out and "epoch" not in out  # validation rounds, not passes over the data
     assert main(["train", "--model", "tiny", "--data", str(tmp_path), "--mode", "decoder", "--steps", "0",
                  "--out", str(tmp_path / "steps")]) == 2
     assert "steps must be a whole number of at least 1, got 0" in capsys.readouterr().err

@@ -68,6 +68,8 @@ class CorrectionActions:
         from ..inference.suggestions import accept, suggestion_at
 
         dock = self.dock
+        if self._displayed() is None:
+            return
         try:
             session, layers = dock.session(), dock.layer_set()
             point = layers.image.world_to_data(dock.viewer.cursor.position)
@@ -86,9 +88,18 @@ class CorrectionActions:
                        f"object {result.label} (Undo takes it back).")
 
     def _displayed(self):
-        """(session, displayed slice), or None after one error message (no image, no model)."""
+        """(session, displayed slice), or None after one message (no image, no model, no corrector)."""
         try:
-            return self.dock.session(), self.dock.layer_set().current_slice()
+            session, model = self.dock.session(), self.dock.state.model
+            if model is None:
+                raise InputError("no model loaded: choose one and press 'Load model'")
+            if session.corrector is None:  # not an error: say why there is nothing to accept or dismiss
+                message = (f"{model.model_id} has no corrector, so it makes no suggestions: choose a corrector "
+                           "file in the dock (imedsam train --mode corrector), or use demo")
+                show_info(message)
+                self.dock.set_status(message + ".")
+                return None
+            return session, self.dock.layer_set().current_slice()
         except (InputError, ValueError) as exc:
             self.dock.error(str(exc))
             return None

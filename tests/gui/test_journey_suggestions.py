@@ -26,10 +26,16 @@ def eager_corrector() -> DualFalseCorrector:
 
 def test_suggestions_accept_under_cursor_all_dismiss_and_undo(docked):
     viewer, dock = docked
-    dock.set_model(dock.state.model, eager_corrector())
     image, boxes, labels, truth, names = thorax(viewer, dock)
+    draw(viewer, dock, image, truth == 1)
+    for key in ("Shift-S", "Shift-D", "Shift-X"):  # a model without a corrector says so (not "0 dismissed")
+        press_key(viewer, key)
+        assert "has no corrector, so it makes no suggestions" in dock.status_text(), (key, dock.status_text())
+    dock.undo()
+    dock.set_model(dock.state.model, eager_corrector())
     heart = truth == names["heart_ventricle_left_000"]
     label = draw(viewer, dock, image, heart)
+    assert label == 1
     layer = viewer.layers[SUGGESTIONS]
     shown = layer.data.copy()
     assert (shown == 1).any() and (shown == 2).any(), "suggestions drawn as remove (1) and add (2)"
