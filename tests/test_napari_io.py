@@ -29,6 +29,34 @@ def test_nifti_reader_gives_scale_and_keeps_affine_then_writer_restores_it(tmp_p
     np.testing.assert_array_equal(np.asarray(written.dataobj).T, labels)
 
 
+def test_exported_slices_keep_the_scans_geometry(tmp_path):
+    """A slice exported from a NIfTI scan (flipped axes, a rotation, spacings, an origin) keeps its place:
+    every exported voxel maps to the same scanner position as the source voxel it came from (the export
+    wrote diag(spacing) with no direction, no origin and a 1 mm slice), for slices along any axis."""
+    from napari_imedsam.io.export import ExportSlice, export_slices, slice_affine
+
+    turn = np.array([[np.cos(0.3), -np.sin(0.3), 0], [np.sin(0.3), np.cos(0.3), 0], [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = turn @ np.diag([-0.8, -0.7, 3.0])
+    affine[:3, 3] = (101.5, 87.25, -42.0)
+    path = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).normal(size=(12, 10, 6)).astype(np.float32), affine), path)
+    data, kwargs, _ = get_nifti_reader(str(path))(str(path))[0]  # napari (z, y, x) = (6, 10, 12)
+    for axis, index in ((0, 3), (1, 4), (2, 7)):
+        pixels = np.take(data, index, axis=axis)
+        labels = np.zeros(pixels.shape, np.int32)
+        labels[2, 5] = 1
+        folder = tmp_path / f"export{axis}"
+        export_slices(folder, [ExportSlice(pixels, labels, {1: [4, 1, 6, 3]}, slice_index=index, axis=axis,
+                                           affine=slice_affine(kwargs["metadata"]["affine"], 3, axis, index))])
+        written = nib.load(folder / "labelsTr" / "imedsam_00001.nii.gz")
+        x, y, _ = np.argwhere(np.asarray(written.dataobj) == 1)[0]  # the exported voxel (column, row, 0)
+        napari = [2, 5]
+        napari.insert(axis, index)  # the same voxel in the scan, napari order
+        source_world = affine @ [*napari[::-1], 1.0]
+        np.testing.assert_allclose(written.affine @ [x, y, 0, 1.0], source_world, atol=1e-4)
+
+
 def test_ct_samples_are_upright_with_expert_masks():
     layers = ct_abdomen()
     (image, meta, kind), (labels, label_meta, label_kind) = layers

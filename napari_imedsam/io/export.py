@@ -57,6 +57,7 @@ class ExportSlice:
     model: str = ""
     adapter_version: str = "base"
     spacing: tuple[float, float] | None = None  # (row, col) pixel size in mm
+    affine: np.ndarray | None = None  # the slice's NIfTI affine (`slice_affine`); None: from `spacing`
     extra: dict = field(default_factory=dict)  # more fields for the prompt lines (never the core ones)
 
 
@@ -120,6 +121,21 @@ def _affine(spacing: tuple[float, float] | None) -> np.ndarray:
     return np.diag([col, row, 1.0, 1.0])  # NIfTI (x, y, z) = (col, row, slice)
 
 
+def slice_affine(source_affine, ndim: int, axis: int | None, slice_index: int | None) -> np.ndarray:
+    """The NIfTI affine of one exported slice (x = its columns, y = its rows, z = the slice) of an image
+    read from NIfTI with `source_affine` (napari's `ndim` axes are the NIfTI axes reversed; `axis` is
+    the napari axis slices are taken along, None for a 2D image): the slice keeps the source's
+    directions, spacings (the slice thickness too) and position in the scanner."""
+    in_plane = [a for a in range(ndim) if a != axis]
+    row_axis, col_axis = in_plane[-2:]
+    voxel = np.zeros((4, 4))  # slice voxel (col, row, 0, 1) -> source voxel (i, j, k, 1)
+    voxel[ndim - 1 - col_axis, 0] = voxel[ndim - 1 - row_axis, 1] = voxel[3, 3] = 1.0
+    through = 2 if axis is None else ndim - 1 - axis
+    voxel[through, 2] = 1.0
+    voxel[through, 3] = 0.0 if axis is None else float(slice_index or 0)
+    return np.asarray(source_affine, np.float64) @ voxel
+
+
 def _refuse_symlinks(folder: Path) -> None:
     for name in (LOCK_NAME, "prompts.jsonl", "dataset.json", "imagesTr", "labelsTr", "incomplete", ".cases"):
         if (folder / name).is_symlink():
@@ -173,7 +189,9 @@ def _export_locked(folder: Path, checked: list[CheckedSlice]) -> list[str]:
             case, marker = _reserve_case(folder, highest)
             written.append(marker)
             highest = int(case.split("_")[1])
-            source = ImageData(item.labels, affine=_affine(item.slice.spacing))
+            affine = item.slice.affine
+            source = ImageData(item.labels, affine=_affine(item.slice.spacing) if affine is None else
+                               np.asarray(affine, np.float64))
             for c, channel in enumerate(item.channels):
                 written.append(write_array(folder / "imagesTr" / f"{case}_{c:04d}.nii.gz", channel, source,
                                            overwrite=False))

@@ -48,7 +48,7 @@ class FineTuner:
     def _export_items(self) -> tuple[list, list]:
         """(ExportSlice items, their slice indices) for the accepted slices not exported yet (copies,
         made on the GUI thread; writing them is the worker's job)."""
-        from ..io.export import ExportSlice
+        from ..io.export import ExportSlice, slice_affine
 
         dock = self.dock
         session = dock.session()
@@ -62,8 +62,13 @@ class FineTuner:
             "mode", "level", "width", "low_percentile", "high_percentile")}}
         model = dock.state.model
         objects = session.accepted_objects()
+        nifti = None if image.rgb else image.metadata.get("affine")
+
+        def affine(z):  # read from NIfTI: each slice keeps the scan's geometry
+            return None if nifti is None else slice_affine(nifti, len(layers.shape), layers.axis, z)
+
         items = [ExportSlice(pixels, labels, boxes, source=source, slice_index=z, axis=layers.axis,
-                             model=model.model_id if model else "", spacing=spacing, extra=extra,
+                             model=model.model_id if model else "", spacing=spacing, affine=affine(z), extra=extra,
                              adapter_version=model.adapter_version if model else "")
                  for z, pixels, labels, boxes in objects]
         return items, [z for z, *_ in objects]
