@@ -84,6 +84,8 @@ def load_folder(images: str | os.PathLike, masks: str | os.PathLike,
     for folder in (images, masks):
         if not folder.is_dir():
             raise InputError(f"{folder}: " + ("is not a folder" if folder.exists() else "no such folder"))
+    if images.resolve() == masks.resolve():  # every image would be its own "mask": a meaningless score
+        raise InputError(f"{masks}: the masks folder is the images folder; give the folder of the expert masks")
     image_files = sorted(p for p in images.iterdir() if p.name.lower().endswith(IMAGE_SUFFIXES))
     masks_of = _masks_by_image([_stem(p) for p in image_files],
                                [p for p in masks.iterdir() if p.name.lower().endswith(IMAGE_SUFFIXES)])

@@ -217,6 +217,8 @@ def test_train_and_evaluate_cli(tmp_path, capsys):
                  "--masks", str(masks), "--json", "--uncertainty", "epistemic"]) == 0
     epistemic = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert epistemic[-1]["uncertainty_auroc"] != rows[-1]["uncertainty_auroc"]  # scored by another map
+    assert main(["evaluate", "--model", "tiny", "--images", str(images), "--masks", str(images)]) == 2
+    assert "the masks folder is the images folder" in capsys.readouterr().err
     assert main(["train", "--model", "tiny", "--data", str(images), "--out", str(tmp_path / "o")]) == 2
     assert "expected an I-MedSAM export" in capsys.readouterr().err
     # --steps counts optimizer steps instead of epochs (it was once ignored outside the second-stage modes)
