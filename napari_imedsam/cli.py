@@ -270,10 +270,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
               f"(refinement {100 * (metrics['dice'] - metrics['coarse_dice']):+.2f} points); "
               f"uncertainty AUROC for wrong pixels {metrics['uncertainty_auroc']:.3f}")
         if args.baselines:
+            from .model.catalog import REGISTRY
+
+            spec = REGISTRY.get(loaded.model_id)  # demo / tiny: SAM's decoder was never trained, only the heads
+            untrained = " (never trained for this model: no reference)" if spec and not (spec.url or spec.lite) else ""
             print(f"  baselines on the same boxes: box as mask Dice {metrics['box_dice']:.4f} "
                   f"(HD95 {metrics['box_hd95']:.2f}), GrabCut Dice {metrics['grabcut_dice']:.4f} "
                   f"(HD95 {metrics['grabcut_hd95']:.2f}), the backbone's own mask decoder Dice "
-                  f"{metrics['sam_dice']:.4f} (HD95 {metrics['sam_hd95']:.2f})")
+                  f"{metrics['sam_dice']:.4f} (HD95 {metrics['sam_hd95']:.2f}){untrained}")
         if corrector is not None:
             print(f"  corrector: Dice {metrics['dice']:.4f} -> {metrics['corrected_dice']:.4f}; precision "
                   f"{metrics['precision']:.4f} -> {metrics['corrected_precision']:.4f}, recall "

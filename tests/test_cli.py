@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -189,3 +191,19 @@ def test_os_errors_read_as_plain_words_with_the_fix(tmp_path):
     assert "choose a folder on another disk" in text
     assert os_error_text(OSError(errno.EROFS, os.strerror(errno.EROFS), "/mnt/ro/work")) == \
         "/mnt/ro/work is on a read-only file system: choose a folder you can write to"
+
+
+def test_evaluate_baselines_say_when_the_backbones_own_decoder_was_never_trained(tmp_path, capsys):
+    """demo trained its I-MedSAM heads only: its SAM mask decoder's Dice (about 0.05) is no reference, and
+    the line says so instead of printing it as one."""
+    import shutil
+
+    source = Path(__file__).parents[1] / "sample_data" / "ct_slices"
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    shutil.copy(source / "images" / "amos_0006_90.png", tmp_path / "images")
+    shutil.copy(source / "masks" / "amos_0006_90_liver_000.png", tmp_path / "masks")
+    assert main(["evaluate", "--model", "demo", "--images", str(tmp_path / "images"), "--masks",
+                 str(tmp_path / "masks"), "--baselines"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "the backbone's own mask decoder Dice" in line and "never trained for this model" in line, line
