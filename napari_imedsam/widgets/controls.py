@@ -66,6 +66,9 @@ def build(self: IMedSAMWidget) -> None:
     self.mirror = CheckBox(text="Mirror averaging (4x slower)", value=False,
                            tooltip="each box also on the image's three mirror images, averaged: higher Dice, "
                                    "a sharper uncertainty ranking (see the README)")
+    self.continue_object = CheckBox(text="New box continues the selected object", value=False,
+                                    tooltip="on a slice where the selected object has no box yet, a new box is "
+                                            "that object (one label per structure across slices), not a new one")
     self.propagate_button = PushButton(text=f"Propagate through volume [{key('napari-imedsam:propagate')}]")
     self.cancel_button = PushButton(text="Cancel propagation", enabled=False)
     self.next_button = PushButton(text=f"Next uncertain slice [{key('napari-imedsam:next_uncertain_slice')}]")
@@ -97,6 +100,7 @@ def build(self: IMedSAMWidget) -> None:
     self.controls = Container(widgets=[
         self.image_combo, self.model_combo, self.checkpoint, self.device_combo, self.adapters, self.corrector_file,
         self.refiner_file, self.load_button, self.window_combo, self.show_uncertainty, self.mirror,
+        self.continue_object,
         Container(widgets=[self.positive_button, self.negative_button, self.boxes_button], layout="horizontal",
                   label="clicks"),
         self.undo_button, self.suggestion_button,

@@ -278,8 +278,7 @@ class IMedSAMWidget(QWidget):
         for patch in patches:
             label = patch.key[1]
             previous = patch.previous_result
-            box_slice = self.prompter.shape_of(label)
-            if box_slice is not None and layers.box_of(box_slice[1])[0] == patch.slice_index:
+            if self.prompter.shape_of(label, patch.slice_index) is not None:
                 self.prompter.sync_box(label, patch.slice_index, None if previous is None else previous.box_xyxy,
                                        layers.corners_of)
             if patch.undone is not None:  # the clicks that made the undone result go with it

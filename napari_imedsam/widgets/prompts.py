@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .dock import IMedSAMWidget
 
 DEBOUNCE_MS = 30  # coalesces the data events napari sends for one edit
+ANY_SLICE = object()  # `shape_of`: the object's newest box, whatever its slice
 
 
 class BoxPrompter:
@@ -28,8 +29,8 @@ class BoxPrompter:
 
     def __init__(self, dock: IMedSAMWidget) -> None:
         self.dock = dock
-        self.pending: list[int] = []  # object numbers waiting for a prediction, oldest first
-        self.click_slices: dict[int, int | None] = {}  # object -> slice of its latest click (a click-driven run)
+        self.pending: list[tuple[int, int | None]] = []  # (object, slice) waiting for a prediction, oldest first
+        self.clicked: set[tuple[int, int | None]] = set()  # those a click queued (else a drawn or edited box)
         self.syncing = False  # True while the dock itself edits the boxes (undo): no re-prompt
         self.timer = QTimer(dock)
         self.timer.setSingleShot(True)
@@ -50,65 +51,78 @@ class BoxPrompter:
             index = int(index) + (len(boxes.data) if int(index) < 0 else 0)
             if 0 <= index < len(boxes.data):
                 label = self.object_number(boxes, index)
-                self.queue(label, clicked=False)
+                self.queue(label, self.dock.layer_set().box_of(boxes.data[index])[0], clicked=False)
 
     def object_number(self, boxes, index: int) -> int:
-        """The object number of shape `index`, assigning the next free one to a new shape."""
+        """The object number of shape `index`, assigning one to a new shape: the selected object's when the
+        dock's "continue" box is ticked and that object has no box on the shape's slice, else the next free."""
         values = np.nan_to_num(boxes.features["label"].to_numpy(dtype=float), nan=0.0).astype(int)
         if values[index] < 1:
             labels = self.dock.labels_layer()
             used = int(values.max(initial=0))
             if labels is not None and labels.data.size:
                 used = max(used, int(labels.data.max()))
-            values[index] = used + 1
+            values[index] = self._continued(boxes, index) or used + 1
             boxes.features["label"] = values
             boxes.refresh_text()
             if labels is not None:
                 labels.selected_label = int(values[index])  # corrections paint this object by default
         return int(values[index])
 
-    def shape_of(self, label: int) -> tuple[int, np.ndarray, str] | None:
-        """(index, vertices, shape type) of the box for object `label`, or None if it was deleted."""
+    def _continued(self, boxes, index: int) -> int | None:
+        """The selected object, if a new box at `index` continues it (see `object_number`)."""
+        labels = self.dock.labels_layer()
+        if labels is None or not self.dock.continue_object.value:
+            return None
+        selected = int(labels.selected_label)
+        slice_index = self.dock.layer_set().box_of(boxes.data[index])[0]
+        if selected < 1 or self.shape_of(selected, slice_index) is not None:
+            return None
+        return selected
+
+    def shape_of(self, label: int, slice_index=ANY_SLICE) -> tuple[int, np.ndarray, str] | None:
+        """(index, vertices, shape type) of object `label`'s box on `slice_index` (by default its newest
+        box on any slice), or None if there is none (deleted, or never drawn there)."""
         boxes = self.dock.boxes_layer()
         if boxes is None:
             return None
         values = np.nan_to_num(boxes.features["label"].to_numpy(dtype=float), nan=0.0).astype(int)
         hits = np.nonzero(values == label)[0]
-        if hits.size == 0:
+        if slice_index is not ANY_SLICE:
+            layers = self.dock.layer_set()
+            hits = [int(i) for i in hits if layers.box_of(boxes.data[int(i)])[0] == slice_index]
+        if len(hits) == 0:
             return None
         index = int(hits[-1])
         return index, np.asarray(boxes.data[index]), str(boxes.shape_type[index])
 
     def queue(self, label: int, slice_index: int | None = None, clicked: bool = True) -> None:
-        """Predict object `label` again (after a click on `slice_index`, the displayed slice by default)."""
+        """Predict object `label` on `slice_index` again (a click's slice: the displayed one by default)."""
+        if clicked and slice_index is None:
+            slice_index = self.dock.layer_set().current_slice()
+        key = (label, slice_index)
         if clicked:
-            self.click_slices[label] = self.dock.layer_set().current_slice() if slice_index is None else slice_index
-        if label in self.pending:
-            self.pending.remove(label)
-        self.pending.append(label)
+            self.clicked.add(key)
+        if key in self.pending:
+            self.pending.remove(key)
+        self.pending.append(key)
         self.timer.start()
 
-    def _prompt_of(self, label: int) -> tuple[int | None, np.ndarray, str]:
-        """(slice, box, shape kind) to predict `label` with: its box, or after a click on another slice,
-        the bounding box of its mask there."""
-        layers = self.dock.layer_set()
-        found = self.shape_of(label)
-        box_slice, box, kind = None, None, "rectangle"
+    def _prompt_of(self, label: int, slice_index: int | None, clicked: bool) -> tuple[np.ndarray, str]:
+        """(box, shape kind) to predict `label` with on `slice_index`: its box there, or after a click on a
+        slice where it has none, the bounding box of its mask there."""
+        found = self.shape_of(label, slice_index)
         if found is not None:
-            box_slice, box = layers.box_of(found[1])
-            kind = found[2]
-        clicked = self.click_slices.pop(label, box_slice if found is not None else None)
-        if found is not None and clicked == box_slice:
-            return box_slice, box, kind
-        mask = self.dock.session().slice_labels(clicked) == label
+            return self.dock.layer_set().box_of(found[1])[1], found[2]
+        mask = self.dock.session().slice_labels(slice_index) == label
         if not mask.any():  # a click for no object: it goes, or it would shape the next box's object
-            ids = self.dock.clicks.clicks_for(label, clicked)[1]
+            ids = self.dock.clicks.clicks_for(label, slice_index)[1] if clicked else ()
             self.dock.clicks.forget(set(ids))
             raise InputError(f"object {label} has no box and no mask on this slice: draw a box for it first"
                              + (" (the click was removed)" if ids else ""))
         from ..inference.boxes import box_of_mask
 
-        return clicked, box_of_mask(mask) + np.array([-2.0, -2.0, 2.0, 2.0]), "rectangle"
+        return box_of_mask(mask) + np.array([-2.0, -2.0, 2.0, 2.0]), "rectangle"
 
     # ---- predictions -------------------------------------------------------------------------------
     def run_next(self) -> None:
@@ -116,14 +130,15 @@ class BoxPrompter:
         dock = self.dock
         if dock.workers.is_busy("box") or not self.pending:
             return
-        label = self.pending.pop(0)
-        if self.shape_of(label) is None and label not in self.click_slices:
+        key = label, slice_index = self.pending.pop(0)
+        drawn = key not in self.clicked  # a drawn or edited box, not a click
+        self.clicked.discard(key)
+        if drawn and self.shape_of(label, slice_index) is None:
             self.run_next()  # its box was deleted
             return
-        drawn = label not in self.click_slices  # a drawn or edited box, not a click
         try:
             session = dock.session()
-            slice_index, box, kind = self._prompt_of(label)
+            box, kind = self._prompt_of(label, slice_index, not drawn)
             points, click_ids = dock.clicks.clicks_for(label, slice_index)
             if kind != "rectangle" and label not in self._noted:
                 self._noted.add(label)
@@ -162,11 +177,11 @@ class BoxPrompter:
     def _follow_grown_box(self, label: int, slice_index: int | None, drawn: np.ndarray, used) -> bool:
         """A positive click outside the box grew it (`box_with_clicks`): the drawn box shows the box the
         result used, so what the user sees is what the next click and Undo work with."""
-        used, found, layers = np.asarray(used, float), self.shape_of(label), self.dock.layer_set()
+        used = np.asarray(used, float)
         grew = bool((used[:2] < drawn[:2] - 0.5).any() or (used[2:] > drawn[2:] + 0.5).any())
-        if not grew or found is None or layers.box_of(found[1])[0] != slice_index:
+        if not grew or self.shape_of(label, slice_index) is None:
             return False
-        self.sync_box(label, slice_index, used, layers.corners_of)
+        self.sync_box(label, slice_index, used, self.dock.layer_set().corners_of)
         return True
 
     def _failed(self, message: str) -> None:
@@ -179,8 +194,8 @@ class BoxPrompter:
     # ---- undo support ------------------------------------------------------------------------------
     def sync_box(self, label: int, slice_index: int | None, box_xyxy: np.ndarray | None,
                  make_shape: Callable[[int | None, np.ndarray], np.ndarray]) -> None:
-        """Move object `label`'s box back to `box_xyxy` on `slice_index`, or delete it (None)."""
-        found = self.shape_of(label)
+        """Move object `label`'s box on `slice_index` to `box_xyxy`, or delete it (None)."""
+        found = self.shape_of(label, slice_index)
         boxes = self.dock.boxes_layer()
         if found is None or boxes is None:
             return

@@ -133,3 +133,48 @@ def test_closing_the_viewer_during_propagation_stops_cleanly(docked):
     assert dock.workers.is_busy("propagate")
     viewer.close()  # mid-work
     assert dock.workers.closed and not dock.workers.is_busy("propagate")
+
+
+def test_with_continue_ticked_one_structure_boxed_on_several_slices_is_one_object(docked):
+    """Each box used to be a new object: the organ boxed on three slices became three classes in the export.
+    With 'New box continues the selected object' ticked, a box on a slice where the selected object has no
+    box is that object; a second box on the same slice is a new object; moving one slice's box, a click, and
+    Undo each act on that slice's box only."""
+    from .user import click, press_key
+
+    viewer, dock = docked
+    image, boxes, labels, truth = phantom(viewer, dock)
+    lesion = viewer.layers["phantom truth"].data == 2
+
+    def drag(z, mask):
+        dock.go_to_slice(z)
+        viewer.layers.selection.active = boxes
+        boxes.mode = "add_rectangle"
+        x0, y0, x1, y1 = box_of_mask(mask[z])
+        drag_box(viewer, image, (z, y0, x0), (z, y1, x1))
+        dock.wait_until_idle()
+        return int(boxes.features["label"].iloc[-1])
+
+    assert drag(MIDDLE, truth) == 1
+    dock.continue_object.value = True
+    assert drag(23, truth) == 1  # the organ again, on another slice: the same object
+    assert drag(23, lesion) == 2  # a second box on that slice: a new object (the lesion)
+    labels.selected_label = 1  # the user picks the organ again
+    assert drag(15, truth) == 1
+    for z in (15, MIDDLE, 23):
+        assert dice(labels.data[z] == 1, truth[z] & ~lesion[z]) > 0.8, z
+    assert len(boxes.data) == 4
+
+    dock.go_to_slice(MIDDLE)  # a click on slice 20 re-runs object 1 there with slice 20's box (not slice 15's)
+    before = {z: labels.data[z].copy() for z in (15, 23)}
+    press_key(viewer, "Shift-C")
+    rows, cols = np.nonzero(truth[MIDDLE])
+    click(viewer, image, (MIDDLE, int(rows.mean()), int(cols.mean())))
+    dock.wait_until_idle()
+    assert dock.session().results[(MIDDLE, 1)].clicks  # the click's result, on its slice
+    assert all(np.array_equal(labels.data[z], before[z]) for z in (15, 23))
+
+    dock.undo()  # the click
+    dock.undo()  # slice 15's box result: that box goes, the others stay
+    assert not (labels.data[15] == 1).any() and (labels.data[MIDDLE] == 1).any() and (labels.data[23] == 1).any()
+    assert len(boxes.data) == 3
