@@ -226,7 +226,7 @@ def fit_view_to(viewer, image) -> None:
 def fit_if_cropped(viewer, image) -> None:
     """The dock narrows the canvas: an image that was fitted to the wider canvas (centred, not panned)
     is now cropped, so fit it again; a view the user zoomed or panned stays as it is (2D display)."""
-    camera = viewer.camera
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera  # napari 0.9 deprecates the latter
     if viewer.dims.ndisplay != 2:
         return
     zoom, center = camera.zoom, tuple(camera.center)

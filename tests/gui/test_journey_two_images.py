@@ -47,7 +47,7 @@ def test_a_second_image_gets_its_own_layers_and_the_first_keeps_its_work(docked)
     assert not errors, errors
     assert "Annotating 'CT pelvis'" in dock.status_text()
     extent = np.asarray(viewer.layers["CT pelvis"].extent.world)[:, -2:]  # the view fits the pelvis, not the
-    np.testing.assert_allclose(viewer.camera.center[-2:], extent.mean(axis=0), atol=2.0)  # hidden thorax too
+    np.testing.assert_allclose(viewer.scene.camera.center[-2:], extent.mean(axis=0), atol=2.0)  # hidden thorax too
     assert not viewer.layers["CT thorax"].visible and not labels1.visible and not boxes1.visible  # set aside
     boxes2, labels2 = viewer.layers[f"{BOXES} (CT pelvis)"], viewer.layers[f"{LABELS} (CT pelvis)"]
     assert labels2.data.shape == viewer.layers["CT pelvis"].data.shape and not labels2.data.any()

@@ -29,9 +29,9 @@ def to_canvas(viewer, layer, data_point) -> QPoint:
     world_full = np.asarray(viewer.dims.point, float).copy()
     world_full[-layer.ndim:] = world
     rows_axis, cols_axis = viewer.dims.displayed[-2:]
-    center = np.asarray(viewer.camera.center)[-2:]
+    center = np.asarray(viewer.scene.camera.center)[-2:]
     widget = canvas_widget(viewer)
-    zoom = viewer.camera.zoom
+    zoom = viewer.scene.camera.zoom
     x = (world_full[cols_axis] - center[1]) * zoom + widget.width() / 2
     y = (world_full[rows_axis] - center[0]) * zoom + widget.height() / 2
     return QPoint(int(round(x)), int(round(y)))
