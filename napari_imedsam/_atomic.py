@@ -44,6 +44,11 @@ def temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.~{os.getpid()}-{_host_tag()}-{tag}.tmp")
 
 
+def naming(path: str | os.PathLike, exc: OSError) -> OSError:
+    """`exc` again, naming `path` (a write's ENOSPC names no file; a rename names the hidden temporary)."""
+    return OSError(exc.errno, exc.strerror or str(exc), str(path))
+
+
 def _stage(path: Path, writer: Writer) -> Path:
     """Run `writer` on a new temporary beside `path`; flush it to disk; remove it if anything fails."""
     tmp = temp_path(path)
@@ -56,7 +61,7 @@ def _stage(path: Path, writer: Writer) -> Path:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         if exc.filename is None and exc.errno is not None:  # e.g. ENOSPC from a write: name the file
-            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+            raise naming(path, exc) from exc
         raise
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -70,7 +75,7 @@ def _publish(tmp: Path, path: Path, overwrite: bool) -> None:
         try:
             os.replace(tmp, path)
         except OSError as exc:  # e.g. an immutable target: name it, not the hidden temporary
-            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+            raise naming(path, exc) from exc
         return
     try:
         os.link(tmp, path)

@@ -226,7 +226,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         print("no new version saved: the result is the weights training started from"
               + (" (the masks are what the model already predicts: nothing to learn; correct them where it is "
-                 "wrong)" if result.n_val and result.before.get("dice", 0.0) >= 0.999 else ""))
+                 "wrong)" if result.nothing_to_learn else ""))
     if world_size() > 1:  # the ranks' weights must agree: each prints its digest
         digest = hashlib.sha256()
         for key, value in sorted(result.model.network.state_dict().items()):

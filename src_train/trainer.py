@@ -114,6 +114,12 @@ class TrainReport:
         return self.version_path is not None
 
     @property
+    def nothing_to_learn(self) -> bool:
+        """The starting weights were kept and already scored (almost) 1 on the held-back samples: the
+        accepted masks are the model's own output, uncorrected."""
+        return self.kept_base and self.before.get("dice", 0.0) >= 0.999
+
+    @property
     def summary(self) -> str:
         """One line for the user: before -> after on the held-back samples, and how many there were."""
         if not self.n_val:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._atomic import atomic_write, clean_stale_temporaries
+from .._atomic import atomic_write, clean_stale_temporaries, naming
 from ..errors import InputError
 from .export_checks import CheckedSlice, check_channels, check_slice
 from .images import ImageData, write_array
@@ -230,7 +230,7 @@ def _append_prompts(path: Path, lines: list[dict]) -> None:
             os.fsync(handle.fileno())
     except OSError as exc:
         if exc.filename is None and exc.errno is not None:  # a full disk mid-write: name the file
-            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+            raise naming(path, exc) from exc
         raise
 
 

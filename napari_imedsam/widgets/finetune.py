@@ -195,7 +195,7 @@ class FineTuner:
     def _nothing_new(self, report, cancelled: str) -> None:
         """Training ended with the weights it started from: no new version was saved, nothing switches."""
         message = f"{report.summary}. No new version saved{cancelled}"
-        if report.kept_base and report.before.get("dice", 0.0) >= 0.999:  # the labels are the model's own output
+        if report.nothing_to_learn:
             message += (": the same weights as before, because the accepted masks match what the model predicts, "
                         "so there was nothing to learn; correct them where the model is wrong, then fine-tune")
         else:

@@ -108,15 +108,16 @@ class BoxPrompter:
         self.pending.append(key)
         self.timer.start()
 
-    def _prompt_of(self, label: int, slice_index: int | None, clicked: bool) -> tuple[np.ndarray, str]:
+    def _prompt_of(self, label: int, slice_index: int | None) -> tuple[np.ndarray, str]:
         """(box, shape kind) to predict `label` with on `slice_index`: its box there, or after a click on a
-        slice where it has none, the bounding box of its mask there."""
+        slice where it has none (a drawn box without its shape was dropped before), the bounding box of its
+        mask there."""
         found = self.shape_of(label, slice_index)
         if found is not None:
             return self.dock.layer_set().box_of(found[1])[1], found[2]
         mask = self.dock.session().slice_labels(slice_index) == label
         if not mask.any():  # a click for no object: it goes, or it would shape the next box's object
-            ids = self.dock.clicks.clicks_for(label, slice_index)[1] if clicked else ()
+            ids = self.dock.clicks.clicks_for(label, slice_index)[1]
             self.dock.clicks.forget(set(ids))
             raise InputError(f"object {label} has no box and no mask on this slice: draw a box for it first"
                              + (" (the click was removed)" if ids else ""))
@@ -138,7 +139,7 @@ class BoxPrompter:
             return
         try:
             session = dock.session()
-            box, kind = self._prompt_of(label, slice_index, not drawn)
+            box, kind = self._prompt_of(label, slice_index)
             points, click_ids = dock.clicks.clicks_for(label, slice_index)
             if kind != "rectangle" and label not in self._noted:
                 self._noted.add(label)
@@ -179,10 +180,7 @@ class BoxPrompter:
         result used, so what the user sees is what the next click and Undo work with."""
         used = np.asarray(used, float)
         grew = bool((used[:2] < drawn[:2] - 0.5).any() or (used[2:] > drawn[2:] + 0.5).any())
-        if not grew or self.shape_of(label, slice_index) is None:
-            return False
-        self.sync_box(label, slice_index, used, self.dock.layer_set().corners_of)
-        return True
+        return grew and self.sync_box(label, slice_index, used, self.dock.layer_set().corners_of)
 
     def _failed(self, message: str) -> None:
         self.dock.error(message)
@@ -193,12 +191,13 @@ class BoxPrompter:
 
     # ---- undo support ------------------------------------------------------------------------------
     def sync_box(self, label: int, slice_index: int | None, box_xyxy: np.ndarray | None,
-                 make_shape: Callable[[int | None, np.ndarray], np.ndarray]) -> None:
-        """Move object `label`'s box on `slice_index` to `box_xyxy`, or delete it (None)."""
+                 make_shape: Callable[[int | None, np.ndarray], np.ndarray]) -> bool:
+        """Move object `label`'s box on `slice_index` to `box_xyxy`, or delete it (None); False when the
+        object has no box there."""
         found = self.shape_of(label, slice_index)
         boxes = self.dock.boxes_layer()
         if found is None or boxes is None:
-            return
+            return False
         self.syncing = True
         try:
             index = found[0]
@@ -211,6 +210,7 @@ class BoxPrompter:
                 boxes.data = data
         finally:
             self.syncing = False
+        return True
 
 
 def box_problem(label: int, box: np.ndarray, shape_hw: tuple[int, int]) -> str | None:
